@@ -1,0 +1,271 @@
+"""The shared record / reference / quarantine mechanism every stage uses.
+
+A stage is a plain function ``(DataFrame of records, StageConfig) -> StageOutcome``. The outcome says which
+records were kept and which were quarantined with a reason; :func:`finish_stage` checks
+``rows_in == kept + quarantined`` (asserted, never assumed), writes the kept records and the quarantine file as
+Parquet, writes the stage's JSON report, and returns a small :class:`StageResult` that travels between Prefect
+tasks. Rows never travel between tasks, only :class:`DatasetRef` values.
+
+Record schema (one row per training example, OpenAI chat format)::
+
+    id          str   stable hash of the normalised messages (see record_id)
+    messages    list[{"role": str, "content": str}]   (JSON text on disk)
+    source      str   name of the source it came from
+    created_at  str   ISO timestamp ("" when the source has none)
+    meta        dict  free-form (JSON text on disk)
+
+A quarantine row is ``id, stage, reason, detail (JSON), record (JSON or null)``. ``record`` is the record as
+the stage saw it (already scrubbed after the PII stage) or null when the stage runs before scrubbing, where
+``detail`` then holds only where the row came from (file and line), never its text.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+RECORD_COLUMNS = ["id", "messages", "source", "created_at", "meta"]
+QUARANTINE_COLUMNS = ["id", "stage", "reason", "detail", "record"]
+_JSON_COLUMNS = ("messages", "meta")
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetRef(BaseModel):
+    """A pointer to a Parquet file of records: what travels between tasks instead of rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    sha256: str
+    rows: int
+
+
+class StageResult(BaseModel):
+    """What a stage task returns: the kept data, the quarantine file and the counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    data: DatasetRef
+    quarantine: DatasetRef
+    report_uri: str
+    counts: dict[str, int]
+
+
+@dataclass
+class StageOutcome:
+    """What a stage's plain function decides: kept records, quarantined rows and extra report fields.
+
+    Build ``quarantined`` with :func:`quarantine_rows`. ``report`` holds stage-specific numbers (entity
+    counts, cluster sizes...); it must never quote raw text.
+    """
+
+    kept: pd.DataFrame
+    quarantined: pd.DataFrame
+    report: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class StageError(Exception):
+    """A problem the user must fix (unreadable source, blocking contract rule...).
+
+    The message is one readable paragraph naming the file / rule / rows; the CLI prints it without a
+    traceback and exits non-zero.
+    """
+
+
+# --------------------------------------------------------------------------------------------- records
+
+
+def normalise_text(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace collapsed: the form ids and exact dedup hash."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def record_id(messages: list[dict[str, str]]) -> str:
+    """Stable content hash of a conversation (16 hex chars = 64 bits; collisions need ~4e9 records)."""
+    canon = json.dumps(
+        [[m.get("role", ""), normalise_text(str(m.get("content", "")))] for m in messages],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+
+def empty_records() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in RECORD_COLUMNS})
+
+
+def empty_quarantine() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in QUARANTINE_COLUMNS})
+
+
+def quarantine_rows(
+    stage: str,
+    records: pd.DataFrame,
+    reason: str | Iterable[str],
+    details: Iterable[dict[str, Any]] | None = None,
+    include_record: bool = True,
+) -> pd.DataFrame:
+    """Quarantine rows for ``records`` (a slice of the stage's input) with one reason or one per row."""
+    n = len(records)
+    if n == 0:
+        return empty_quarantine()
+    reasons = [reason] * n if isinstance(reason, str) else list(reason)
+    dets = list(details) if details is not None else [{}] * n
+    if len(reasons) != n or len(dets) != n:
+        raise ValueError(f"{stage}: {n} records but {len(reasons)} reasons and {len(dets)} details")
+    rows = []
+    for (_, rec), why, det in zip(records.iterrows(), reasons, dets, strict=True):
+        rows.append(
+            {
+                "id": rec["id"],
+                "stage": stage,
+                "reason": why,
+                "detail": json.dumps(det, ensure_ascii=False, default=str),
+                "record": _record_json(rec) if include_record else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+
+
+def _record_json(rec: pd.Series) -> str:
+    return json.dumps({c: rec[c] for c in RECORD_COLUMNS if c in rec}, ensure_ascii=False, default=str)
+
+
+# --------------------------------------------------------------------------------------------- parquet io
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def frame_sha256(df: pd.DataFrame) -> str:
+    """Content hash of a records frame, independent of the Parquet writer's bytes."""
+    h = hashlib.sha256()
+    for col in df.columns:
+        h.update(col.encode())
+    for row in df.itertuples(index=False):
+        h.update(json.dumps(list(row), ensure_ascii=False, default=str, sort_keys=True).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _to_disk(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in _JSON_COLUMNS:
+        if col in out.columns:
+            out[col] = [
+                v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str) for v in out[col]
+            ]
+    return out
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        df.reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_records(df: pd.DataFrame, path: str | Path) -> DatasetRef:
+    """Write a records (or quarantine) frame to Parquet and return its reference."""
+    disk = _to_disk(df)
+    atomic_write_parquet(disk, path)
+    return DatasetRef(uri=str(path), sha256=frame_sha256(disk), rows=len(disk))
+
+
+def read_records(ref: DatasetRef | str | Path) -> pd.DataFrame:
+    """Read a records frame written by :func:`write_records`, JSON columns decoded."""
+    path = ref.uri if isinstance(ref, DatasetRef) else str(ref)
+    df = pd.read_parquet(path)
+    for col in _JSON_COLUMNS:
+        if col in df.columns:
+            df[col] = [json.loads(v) if isinstance(v, str) else v for v in df[col]]
+    return df
+
+
+def discard(ref: DatasetRef | None) -> None:
+    """Remove an intermediate file (the raw, unscrubbed ingest output once it has been scrubbed)."""
+    if ref is not None and os.path.exists(ref.uri):
+        os.unlink(ref.uri)
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def finish_stage(
+    stage: str,
+    rows_in: int,
+    outcome: StageOutcome,
+    out_dir: str | Path,
+) -> StageResult:
+    """Check the stage's ledger, write its outputs and JSON report, and return the reference.
+
+    Output names carry the content hash of the kept data, so two runs on the same data write the same
+    files and a cached result stays valid.
+    """
+    kept, quarantined = outcome.kept, outcome.quarantined
+    if rows_in != len(kept) + len(quarantined):
+        raise AssertionError(
+            f"stage {stage!r} lost rows: rows_in={rows_in} but kept={len(kept)} + "
+            f"quarantined={len(quarantined)} = {len(kept) + len(quarantined)}"
+        )
+    counts: dict[str, int] = {"rows_in": rows_in, "kept": len(kept), "quarantined": len(quarantined)}
+    by_reason = Counter(quarantined["reason"]) if len(quarantined) else Counter()
+    for reason, n in sorted(by_reason.items()):
+        counts[f"quarantined_{reason}"] = int(n)
+
+    out_dir = Path(out_dir)
+    disk = _to_disk(kept[RECORD_COLUMNS] if len(kept) else empty_records())
+    digest = frame_sha256(disk)[:12]
+    data = write_records(disk, out_dir / f"{stage}-{digest}.parquet")
+    qframe = quarantined[QUARANTINE_COLUMNS] if len(quarantined) else empty_quarantine()
+    quarantine = write_records(qframe, out_dir / f"{stage}-{digest}.quarantine.parquet")
+
+    report = {"stage": stage, "counts": counts, **outcome.report}
+    if outcome.metrics:
+        report["metrics"] = outcome.metrics
+    report_path = out_dir / f"{stage}-{digest}.report.json"
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return StageResult(stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts)
+
+
+def format_counts(result: StageResult) -> str:
+    """One log line: ``dedup: rows_in=120 kept=104 quarantined=16 (exact_duplicate=9, near_duplicate=7)``."""
+    c = result.counts
+    reasons = ", ".join(f"{k.removeprefix('quarantined_')}={v}" for k, v in c.items() if k.startswith("quarantined_"))
+    line = f"{result.stage}: rows_in={c['rows_in']} kept={c['kept']} quarantined={c['quarantined']}"
+    return f"{line} ({reasons})" if reasons else line
+
+
+def run_stage(stage: str, fn, ref: DatasetRef, cfg: BaseModel, out_dir: str | Path, **kwargs) -> StageResult:
+    """Read ``ref``, apply the stage's plain function ``fn(records, cfg, **kwargs)``, finish the stage."""
+    records = read_records(ref)
+    outcome = fn(records, cfg, **kwargs)
+    return finish_stage(stage, len(records), outcome, Path(out_dir) / stage)
