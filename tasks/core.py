@@ -224,11 +224,12 @@ def finish_stage(
     rows_in: int,
     outcome: StageOutcome,
     out_dir: str | Path,
+    data_dir: str | Path | None = None,
 ) -> StageResult:
     """Check the stage's ledger, write its outputs and JSON report, and return the reference.
 
     Output names carry the content hash of the kept data, so two runs on the same data write the same
-    files and a cached result stays valid.
+    files and a cached result stays valid. ``data_dir`` (default ``out_dir``) is where the kept records go.
     """
     kept, quarantined = outcome.kept, outcome.quarantined
     if rows_in != len(kept) + len(quarantined):
@@ -244,7 +245,7 @@ def finish_stage(
     out_dir = Path(out_dir)
     disk = _to_disk(kept[RECORD_COLUMNS] if len(kept) else empty_records())
     digest = frame_sha256(disk)[:12]
-    data = write_records(disk, out_dir / f"{stage}-{digest}.parquet")
+    data = write_records(disk, Path(data_dir or out_dir) / f"{stage}-{digest}.parquet")
     qframe = quarantined[QUARANTINE_COLUMNS] if len(quarantined) else empty_quarantine()
     quarantine = write_records(qframe, out_dir / f"{stage}-{digest}.quarantine.parquet")
 
@@ -253,13 +254,17 @@ def finish_stage(
         report["metrics"] = outcome.metrics
     report_path = out_dir / f"{stage}-{digest}.report.json"
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    return StageResult(stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts)
+    return StageResult(
+        stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts
+    )
 
 
 def format_counts(result: StageResult) -> str:
     """One log line: ``dedup: rows_in=120 kept=104 quarantined=16 (exact_duplicate=9, near_duplicate=7)``."""
     c = result.counts
-    reasons = ", ".join(f"{k.removeprefix('quarantined_')}={v}" for k, v in c.items() if k.startswith("quarantined_"))
+    reasons = ", ".join(
+        f"{k.removeprefix('quarantined_')}={v}" for k, v in c.items() if k.startswith("quarantined_")
+    )
     line = f"{result.stage}: rows_in={c['rows_in']} kept={c['kept']} quarantined={c['quarantined']}"
     return f"{line} ({reasons})" if reasons else line
 

