@@ -151,7 +151,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
         adapters = {"base": None, "candidate": trained.adapter_dir}
         if champion is not None:
             adapters["champion"] = champion.adapter_dir
-        evaluation = evaluate_task(splits.test, base.path, adapters, cfg.evaluate, run_dir, splits.train)
+        evaluation = evaluate_task(splits.test, base.path, adapters, cfg.evaluate, run_dir)
         for model, metrics in evaluation.metrics.items():
             tracking.log_metrics(run_id, {f"eval.{model}.{k}": v for k, v in metrics.items()})
             logger.info("eval %s: %s", model, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

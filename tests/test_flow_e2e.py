@@ -1,0 +1,129 @@
+"""One end-to-end run of the real ``retrain`` flow through the real CLI, in fresh processes, on tiny data.
+
+Run 1 trains a tiny random model on a few demo rows plus records carrying planted, unique PII ("canaries");
+run 2 repeats it. Then the test reads what MLflow holds, checks that run 2 took the data stages from Prefect's
+cache, and scans every file under the loraflow home — data, quarantine, MLflow store and artifacts, Prefect's
+database and results — for the canaries.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Unique strings nobody else would write; each must be gone from everything the pipeline stores.
+CANARIES = {
+    "email": "quillon.vantreese.7731@example.org",
+    "phone": "+44 20 7946 0321",
+    "card": "4539 5781 2468 1347",
+    "iban": "GB33BUKB20201555555555",
+    "name": "Eleanor Whitfield",
+}
+SYSTEM = "You are a support-ticket router for Fernbank. Reply with the ticket's category only."
+
+
+def _canary_file(path: Path) -> Path:
+    tickets = [
+        (f"Hi, I am {CANARIES['name']} and my card was stolen yesterday, please block it.", "card_lost_or_stolen"),
+        (f"Please email me at {CANARIES['email']} about the refund that never arrived.", "refund_not_received"),
+        (f"Call me on {CANARIES['phone']}, my transfer has been pending for three days.", "transfer_pending"),
+        (f"My card {CANARIES['card']} was declined at the supermarket today.", "card_declined"),
+        (f"I sent money to IBAN {CANARIES['iban']} by mistake, wrong recipient, can you recall it?", "wrong_recipient"),
+    ]
+    lines = [
+        json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": t},
+                                 {"role": "assistant", "content": label}]})
+        for t, label in tickets
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run_cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(LORAFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "loraflow", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_model_dir):
+    home = tmp_path_factory.mktemp("home")
+    canary = _canary_file(tmp_path_factory.mktemp("input") / "canary.jsonl")
+    args = ["run", "--config", "configs/tiny.yaml", "--set", f"train.base_model={tiny_model_dir}",
+            "--set", f"data.sources=[{{path: {canary}}}, {{path: examples/demo/tickets_chat.jsonl, max_rows: 80}}]"]
+    first = _run_cli(args, home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    second = _run_cli(args, home)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    return home, first, second
+
+
+def _mlflow(home: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+
+
+def test_mlflow_holds_params_metrics_artifacts_and_a_registered_version(two_runs):
+    home, _, _ = two_runs
+    client = _mlflow(home)
+    exp = client.get_experiment_by_name("loraflow-tiny")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(runs) == 2, "each flow run makes its own MLflow run"
+    run = runs[0]
+    params = run.data.params
+    assert len(params) >= 30
+    assert params["train.lora_r"] == "16"
+    assert len(params["base_model.sha256"]) == 64 and params["code.git_commit"]
+    assert run.data.tags["prefect.flow_run_id"] not in ("", "local")
+    metrics = run.data.metrics
+    for key in ("eval.base.accuracy", "eval.candidate.accuracy", "eval.candidate.accuracy_constrained",
+                "dedup.rows_in", "scrub_pii.rows_in" if "scrub_pii.rows_in" in metrics else "pii.rows_in"):
+        assert key in metrics, key
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # max_steps=2, logged every step
+    # rows_in == kept + quarantined, stage by stage, as logged
+    stages = {k.split(".")[0] for k in metrics if k.endswith(".rows_in")}
+    assert {"ingest", "dedup", "validate"} <= stages
+    for s in stages:
+        if f"{s}.kept" in metrics:
+            assert metrics[f"{s}.rows_in"] == metrics[f"{s}.kept"] + metrics[f"{s}.quarantined"], s
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert any("dedup" in a for a in artifacts) and any("validate" in a for a in artifacts)
+    assert "config/resolved.yaml" in {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    inputs = run.inputs.dataset_inputs
+    assert {d.dataset.name for d in inputs} == {"loraflow-tiny-train", "loraflow-tiny-val", "loraflow-tiny-test"}
+    # the registry: one version per run, the latest carries `challenger`
+    versions = client.search_model_versions("name='loraflow-tiny'")
+    assert len(versions) == 2
+    latest = client.get_model_version_by_alias("loraflow-tiny", "challenger")
+    assert latest.run_id == runs[1].info.run_id
+
+
+def test_second_run_takes_the_data_stages_from_cache(two_runs):
+    _, first, second = two_runs
+    cached = [line for line in (second.stdout + second.stderr).splitlines() if "Cached(type=COMPLETED)" in line]
+    for stage in ("scrub_pii", "dedup", "validate", "split"):
+        assert any(f"Task run '{stage}-" in line for line in cached), (stage, cached)
+    assert not any(f"Task run '{s}-" in line for line in cached for s in ("ingest", "train", "evaluate"))
+    assert "Cached(type=COMPLETED)" not in first.stdout + first.stderr
+
+
+def test_no_canary_pii_anywhere_under_the_home(two_runs):
+    home, first, second = two_runs
+    needles = [v.encode() for v in CANARIES.values()] + [CANARIES["card"].replace(" ", "").encode()]
+    leaks = []
+    for path in home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            leaks += [f"{path.relative_to(home)}: {n.decode()}" for n in needles if n in data]
+    for name, out in (("run1 output", first.stdout + first.stderr), ("run2 output", second.stdout + second.stderr)):
+        leaks += [f"{name}: {n.decode()}" for n in needles if n.decode() in out]
+    assert not leaks, leaks
+    assert not list((home / "tmp").rglob("*.parquet")), "raw ingest output must be removed once scrubbed"
