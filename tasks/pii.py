@@ -80,26 +80,12 @@ DEFAULT_PHONE_REGIONS = [
     "NL", "BE", "DK", "NO", "SE", "FI", "AT", "CH", "ES", "PT", "IT", "PL", "AU", "IE",
 ]  # fmt: skip
 
-# Which type wins when two detections overlap: pattern types with validation beat NER guesses.
-_SPECIFICITY = {
-    "EMAIL_ADDRESS": 10,
-    "CREDIT_CARD": 10,
-    "IBAN_CODE": 10,
-    "US_SSN": 10,
-    "IP_ADDRESS": 10,
-    "URL": 9,
-    "PHONE_NUMBER": 8,
-    "DATE_OF_BIRTH": 8,
-    "STREET_ADDRESS": 7,
-    "ZIP_CODE": 6,
-    "AGE": 6,
-    "PERSON": 5,
-    "TITLE": 4,
-    "ORGANIZATION": 3,
-    "LOCATION": 3,
-    "NRP": 2,
-    "DATE_TIME": 1,
-}
+# Which type wins when two detections overlap: validated patterns, then other patterns, then NER guesses;
+# within a tier the longer detection (an address beats the phone-like digits at its start).
+_TIER = {
+    "EMAIL_ADDRESS": 3, "CREDIT_CARD": 3, "IBAN_CODE": 3, "US_SSN": 3, "IP_ADDRESS": 3, "URL": 3,
+    "PHONE_NUMBER": 2, "DATE_OF_BIRTH": 2, "STREET_ADDRESS": 2, "ZIP_CODE": 2, "AGE": 2,
+}  # fmt: skip
 
 
 class PiiConfig(StrictModel):
@@ -200,21 +186,23 @@ _COMPOUND_STREET = (
     r"brekka|stræti|stígur|gata|vegur|haugen|bakken|moor|garden|skálinn|tún)"
 )
 _ROMANCE_STREET = (
-    r"(?:Rue|Rua|Calle|Carrer|Via|Viale|Avenida|Av\.|Avenue|Chemin|Boulevard|Plac|Praça|Largo|Paseo|"
+    r"(?:R\.?|Rúa|Rue|Rua|Calle|Carrer|Via|Viale|Avenida|Av\.|Avenue|Chemin|Boulevard|Plac|Praça|Largo|Paseo|"
     r"Travessa|Ulica|ul\.|Strada|Place|Allée|Impasse|Quai|Piazza|Corso)"
 )
 _WORD = r"[^\W\d_][\w'.-]*"
 _NUM = r"\d{1,6}[A-Za-z]?"
-_UNIT = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.?|Room|Rm\.?|#)\s?\d{1,5}[A-Za-z]?"
+_UNIT = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.?|Room|Rm\.?)\s?#?\d{1,5}[A-Za-z]?"
 
 _ADDRESS_PATTERNS: list[tuple[str, float]] = [
+    # 22829 Jagerij 64 / 1593 Pagari 18: house number, one street word, number (the Faker / European order)
+    (rf"\b\d{{1,6}}\s+[A-ZÀ-Þ][a-zà-ÿ][\w'-]*\s+\d{{1,4}}[A-Za-z]?\b(?!\s*(?:%|percent|years|days|times))", 0.5),
     # 3784 Archwood Avenue [Apt. 2]   /   615 Benedum Drive
     (rf"\b{_NUM}(?:\s+{_NUM})?\s+(?:{_WORD}\s+){{0,4}}(?:{_STREET_SUFFIX})\b(?:,?\s+{_UNIT})*", 0.6),
     # Mellemvej 32, Koskikatu 25 Apt. 864, 6750 Koskikatu 25
     (rf"\b(?:{_NUM}\s+)?{_COMPOUND_STREET}\s+{_NUM}\b(?:,?\s+{_UNIT})*", 0.6),
     (rf"(?i:\b{_NUM}\s+{_COMPOUND_STREET}\b)", 0.5),
     # Rue de Piétrain 371, 159 Eleftheriou Venizelou str
-    (rf"\b(?:{_NUM}\s+)?{_ROMANCE_STREET}\s+(?:(?:de|da|do|del|della|di|des|du|la|le|dos|das)\s+)?"
+    (rf"(?i)\b(?:{_NUM}\s+)?{_ROMANCE_STREET}\s+(?:(?:de|da|do|del|della|di|des|du|la|le|dos|das)\s+)?"
      rf"(?:{_WORD}\s+){{0,3}}{_WORD}(?:\s+{_NUM})?\b", 0.5),
     (rf"\b{_NUM}\s+(?:{_WORD}\s+){{1,3}}(?i:str\.?|st\.)(?=\W|$)", 0.5),
     # Gregersen Prairie / Rennie Union / Trajanka Forks: Capitalised name + street suffix (Faker-style)
@@ -239,12 +227,46 @@ _ADDRESS_TAIL = re.compile(
     r"((?:the\s+corner\s+of\s+)?\d[^?!;]{3,150}?)(?=\s*(?:[?!;]|\.\s+[A-Z]|\.?\s*$|\n\n))"
 )
 _ZIP = re.compile(r"\b(?:\d{5}(?:-\d{4})?|\d{3}\s\d{2}|\d{4}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b")
+_ZIP_CONTEXT = re.compile(
+    r"(?i)\b(?:zip|postal|post|postcode|zipcode)(?:\s*code)?(?:\s+is)?\s*[:#-]?\s*"
+    r"(\d{3,5}(?:[\s-]\d{2,4})?|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b"
+)
+# A 12-19 digit run right after "card" is a card number even when its checksum fails (typos, test data).
+_CARD_CONTEXT = re.compile(r"(?i)\bcard\b[^\d\n]{0,25}?(\d(?:[ -]?\d){11,18})\b")
+_NAME_CONTEXT = [
+    (re.compile(r"(?i:\b(?:my\s+name\s+is|name\s+is|named))\s+(?!(?:not|the|a|an|on|in|at|correct|wrong|"
+                r"missing|spelled|spelt|incorrect|still|also|now)\b)"
+                r"((?:[A-ZÀ-Þ][\w'-]+|[a-zà-þ][\w'-]+)(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"), 0.5),
+    (re.compile(r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|(?i:call\s+me|it'?s\s+under|"
+                r"change\s+it\s+to)),?\s+"
+                r"([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"), 0.4),
+]
+_JOB_HEADS = (
+    r"manager|engineer|consultant|technician|administrator|director|cleaner|operator|controller|distributor|"
+    r"installer|assistant|officer|analyst|designer|developer|nurse|teacher|clerk|specialist|coordinator|"
+    r"supervisor|scientist|architect|accountant|agent|worker|driver|mechanic|electrician|soldier|attorney|"
+    r"lawyer|physician|surgeon|pharmacist|therapist|editor|writer|producer|planner|inspector|representative|"
+    r"salesperson|programmer|librarian|chef|cook|secretary|receptionist|executive|president|ceo|cfo|cto|"
+    r"counselor|counsellor|advisor|adviser|auditor|broker|carpenter|plumber|pilot|dentist|paralegal|"
+    r"therapist|trainer|tutor|professor|lecturer|surveyor|estimator|machinist|welder|laborer|labourer|"
+    r"repairer|setter|tender|fabricator|assembler|dispatcher|examiner|investigator|appraiser|buyer|"
+    r"photographer|artist|musician|author|journalist|reporter|historian|economist|psychologist|"
+    r"veterinarian|paramedic|firefighter|guard|janitor|housekeeper|caretaker|groundskeeper|farmer|"
+    r"technologist|hygienist|aide|attendant|instructor|head"
+)
+_JOB_LINE = re.compile(rf"(?im)^[ \t>?*-]*((?:[\w-]+[ \t]+){{0,5}}(?:{_JOB_HEADS}))[ \t]*$")
+# Acronyms and words the small spaCy model tags as ORG/PERSON in support chats: never personal.
+_NOT_PII = {
+    "ssn", "iban", "atm", "pin", "id", "cvv", "cvc", "otp", "faq", "api", "url", "sms", "usd", "eur", "gbp",
+    "vpn", "dob", "zip", "email", "e-mail", "bot", "ai", "tv", "pdf", "ceo", "iban code", "swift", "bic",
+    "visa", "mastercard", "amex", "paypal", "wifi", "wi-fi", "ok", "okay", "thanks", "hi", "hello",
+}  # fmt: skip
 _AGE = [
-    (re.compile(r"(?i)\b(\d{1,3})(?:\s|-)?(?:years?|yrs?|y/?o)(?:[\s-]+old|\b)"), 0.6),
+    (re.compile(r"(?i)\b(\d{1,3})(?=[\s-]?(?:(?:years?|yrs?)[\s-]+old|y/?o\b))"), 0.6),
     (re.compile(r"(?i)\b(?:aged?|turn(?:ed|s|ing)?|age\s+is|age:)\s+(\d{1,3})\b"), 0.55),
 ]
 _TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sr|Sra|Srta|Mme|Mlle|Herr|Frau|Fr|Hr)\.(?=\s)|\b(?:Miss|Sir|Madam|Dame|Lord|Lady)\b(?=\s+[A-Z])")
-_DOB_CONTEXT = re.compile(r"(?i)\b(?:born|birth|birthday|d\.?o\.?b\.?|date)\b")
+_DOB_CONTEXT = re.compile(r"(?i)\b(?:born|birth|birthday|birthdate|d\.?o\.?b\.?)\b")
 _DATE = re.compile(
     r"\b(?:\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?|"
     r"(?:\d{1,2}\s+)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}|"
@@ -305,6 +327,10 @@ def _make_recognizers(cfg: "PiiConfig"):
         RegexRecognizer("STREET_ADDRESS", [(_ADDRESS_TAIL, 0.6)], group=1, name="loraflow_address_tail"),
         RegexRecognizer("AGE", [(p, s) for p, s in _AGE], group=1),
         RegexRecognizer("TITLE", [(_TITLE, 0.5)]),
+        RegexRecognizer("TITLE", [(_JOB_LINE, 0.4)], group=1, name="loraflow_job_title"),
+        RegexRecognizer("ZIP_CODE", [(_ZIP_CONTEXT, 0.6)], group=1),
+        RegexRecognizer("CREDIT_CARD", [(_CARD_CONTEXT, 0.5)], group=1, name="loraflow_card_context"),
+        RegexRecognizer("PERSON", _NAME_CONTEXT, group=1, name="loraflow_name_context"),
         ContextDateRecognizer(),
     ]
     for ent, terms in cfg.deny_list.items():
@@ -446,6 +472,12 @@ class PiiEngine:
             if r.score < cfg.score_thresholds.get(r.entity_type, cfg.default_score_threshold):
                 continue
             low = value.casefold().strip(" .,;:!?'\"")
+            if low in _NOT_PII:
+                continue
+            if r.entity_type == "PHONE_NUMBER" and (
+                _DATE.fullmatch(value) or (value.isdigit() and r.score < 0.5 and not value.startswith("0"))
+            ):
+                continue  # a date, or a bare digit run (order id, amount) with no phone context nearby
             if allow and (low in allow or all(w.strip(".,'\"") in allow_words for w in low.split())):
                 continue
             out.append(PiiSpan(r.start + off, r.end + off, r.entity_type, round(float(r.score), 4)))
@@ -463,13 +495,71 @@ class PiiEngine:
         for s in spans:
             if merged and s.start < merged[-1].end:
                 m = merged[-1]
-                best = max((m, s), key=lambda x: (_SPECIFICITY.get(x.entity_type, 5), x.score))
+                best = max((m, s), key=lambda x: (_TIER.get(x.entity_type, 1), x.end - x.start, x.score))
                 merged[-1] = PiiSpan(m.start, max(m.end, s.end), best.entity_type, max(m.score, s.score))
             else:
                 merged.append(s)
+        if "STREET_ADDRESS" in self.cfg.entities:
+            merged = _extend_addresses(text, merged)
         if "ZIP_CODE" in self.cfg.entities:
             merged = _glue_postcodes(text, merged)
         return merged
+
+
+# An address continues over following lines / comma-separated parts that look like address parts: capitalised
+# or upper-case words, postcodes, state codes, "Suite 12", "(Greek)". It stops at a sentence end or a part
+# holding ordinary lower-case words ("... 72399 after the concert" keeps "72399", not the rest).
+_ADDR_PART_WORD = re.compile(
+    r"(?:[A-ZÀ-ÞΑ-Ω∆][\w'’.∆-]*|\d{1,6}(?:[ -]\d{2,3})?|[A-Z]\d[A-Z]|\d[A-Z]\d|\([\w ]+\)|nan|de|del|di|da|la|le|"
+    r"du|van|von|der|den|nad|sur|am|an|im|upon|on|(?i:apt\.?|suite|unit|floor|box))$"
+)
+_ADDR_STOP = re.compile(r"[?!;]|\.(?=\s)(?<!\bApt\.)(?<!\bSt\.)(?<!\bSte\.)(?<!\bAve\.)(?<!\bRd\.)(?<!\bNo\.)|\n\s*\n")
+_ADDR_SEP = re.compile(r"[ \t]*(?:,[ \t]*)?(?:\n[ \t>?*-]*)?(?:,[ \t]*)?")
+
+
+def _extend_addresses(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
+    out: list[PiiSpan] = []
+    for s in spans:
+        if s.entity_type != "STREET_ADDRESS":
+            out.append(s)
+            continue
+        end = s.end
+        stop = _ADDR_STOP.search(text, end, min(len(text), end + 160))
+        limit = stop.start() if stop else min(len(text), end + 160)
+        pos = end
+        for _ in range(6):
+            sep = _ADDR_SEP.match(text, pos, limit)
+            if sep is None or (sep.end() == pos and pos != s.end and text[pos : pos + 1] not in (" ", "\t")):
+                break
+            part_start = sep.end()
+            m = re.compile(r"[^,\n]*").match(text, part_start, limit)
+            words = m.group(0).split() if m else []
+            good = 0
+            for w in words:
+                if not _ADDR_PART_WORD.match(w.rstrip(",.")):
+                    break
+                good += 1
+            if good == 0:
+                break
+            # end of the last good word
+            k, idx = 0, part_start
+            for mw in re.finditer(r"\S+", text[part_start:limit]):
+                k += 1
+                idx = part_start + mw.end()
+                if k == good:
+                    break
+            end = pos = idx
+            if good < len(words):
+                break
+        out.append(PiiSpan(s.start, max(end, s.end), s.entity_type, s.score) if end > s.end else s)
+    res: list[PiiSpan] = []
+    for s in sorted(out, key=lambda x: (x.start, -x.end)):
+        if res and s.start < res[-1].end:
+            if s.end > res[-1].end:
+                res[-1] = PiiSpan(res[-1].start, s.end, res[-1].entity_type, res[-1].score)
+        else:
+            res.append(s)
+    return res
 
 
 def _glue_postcodes(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
