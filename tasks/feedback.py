@@ -87,6 +87,11 @@ class FeedbackStoreConfig(StrictModel):
     good_min_stars: int = Field(
         4, ge=1, le=5, description="A 1-5 star rating at or above this keeps the model's response as the target."
     )
+    sft_ok_flags: list[str] = Field(
+        default_factory=lambda: ["pii"],
+        description="Flag reasons that do not exclude a row from SFT: `pii` means the request held personal data, "
+        "which the PII stage scrubs. Any other flag without a correction excludes the row (reason `flagged`).",
+    )
     known_model_versions: list[str] = Field(
         default_factory=list,
         description="Model versions that may have answered (fnmatch patterns, e.g. `banking77-lora/*`), in "
@@ -473,7 +478,7 @@ def extract_day(url: str | None, day: dt.date, cfg: FeedbackStoreConfig | None =
         elif not (fb.response or "").strip():
             broken.append((key, "empty_response", {"feedback_id": fb.id}))
             continue
-        elif flag is not None:
+        elif flag is not None and flag not in cfg.sft_ok_flags:
             target, kind, reason = fb.response, "flagged", "flagged"
         elif good is None:
             target, kind, reason = fb.response, "unrated", "unrated"

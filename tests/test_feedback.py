@@ -283,3 +283,15 @@ def test_parse_messages(text, ok):
     else:
         with pytest.raises(ValueError):
             fb.parse_messages(text)
+
+
+def test_pii_flag_does_not_exclude_a_good_answer(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fb.db'}"
+    at = dt.datetime(2026, 8, 2, 9)
+    fb.add(_msgs("my email is a@b.example"), "card_arrival", "3", "up", flag_reason="pii", created_at=at, url=url)
+    fb.add(_msgs("you are useless"), "card_arrival", "3", "up", flag_reason="offensive", created_at=at, url=url)
+    out = fb.extract_day(url, at.date(), fb.FeedbackStoreConfig(url=url))
+    assert [m["flag"] for m in out.kept["meta"]] == ["pii"]
+    assert list(out.quarantined["reason"]) == ["flagged"]
+    strict = fb.FeedbackStoreConfig(url=url, sft_ok_flags=[])
+    assert len(fb.extract_day(url, at.date(), strict).kept) == 0
