@@ -233,12 +233,19 @@ _ZIP_CONTEXT = re.compile(
 )
 # A 12-19 digit run right after "card" is a card number even when its checksum fails (typos, test data).
 _CARD_CONTEXT = re.compile(r"(?i)\bcard\b[^\d\n]{0,25}?(\d(?:[ -]?\d){11,18})\b")
+# Words a greeting / "I'm" pattern must not take for a name.
+_NOT_NAME = (
+    r"(?!(?:My|I|We|You|The|There|This|That|Team|Can|Could|Would|Please|Did|Do|Does|Is|Are|Was|Why|How|What|"
+    r"When|Where|Who|Just|Not|So|Sorry|Trying|Having|Going|Getting|Writing|Looking|Still|Also|Again|Here|Thanks|"
+    r"Thank|Hi|Hello|Hey|Good|Dear|Support|Sir|Madam|All|Everyone|Ok|Okay|Yes|No|New|Unable|Glad|Happy|Sure|"
+    r"Back|Calling|Contacting|Reaching|About|From|In|On|At|To|For|With|Urgent|Quick|Another|Again)\b)"
+)
 _NAME_CONTEXT = [
     (re.compile(r"(?i:\b(?:my\s+name\s+is|name\s+is|named))\s+(?!(?:not|the|a|an|on|in|at|correct|wrong|"
                 r"missing|spelled|spelt|incorrect|still|also|now)\b)"
                 r"((?:[A-ZÀ-Þ][\w'-]+|[a-zà-þ][\w'-]+)(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"), 0.5),
     (re.compile(r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|(?i:call\s+me|it'?s\s+under|"
-                r"change\s+it\s+to)),?\s+"
+                r"change\s+it\s+to)),?\s+" + _NOT_NAME +
                 r"([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"), 0.4),
 ]
 _JOB_HEADS = (
@@ -260,7 +267,14 @@ _NOT_PII = {
     "ssn", "iban", "atm", "pin", "id", "cvv", "cvc", "otp", "faq", "api", "url", "sms", "usd", "eur", "gbp",
     "vpn", "dob", "zip", "email", "e-mail", "bot", "ai", "tv", "pdf", "ceo", "iban code", "swift", "bic",
     "visa", "mastercard", "amex", "paypal", "wifi", "wi-fi", "ok", "okay", "thanks", "hi", "hello",
+    # sentence starts the small model mistakes for names
+    "my", "why", "how", "what", "when", "where", "who", "which", "contact", "please", "can", "could", "would",
+    "hey", "dear", "thank you", "sorry", "help", "urgent", "i", "we", "you", "team", "support", "sir", "madam",
+    # currency and crypto codes
+    "aud", "brl", "cad", "chf", "cny", "czk", "dkk", "hkd", "huf", "inr", "jpy", "krw", "mxn", "nok", "nzd",
+    "pln", "ron", "rub", "sek", "sgd", "thb", "try", "zar", "aed", "btc", "eth", "usdt", "bitcoin", "ethereum",
 }  # fmt: skip
+_NER_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME"}
 _AGE = [
     (re.compile(r"(?i)\b(\d{1,3})(?=[\s-]?(?:(?:years?|yrs?)[\s-]+old|y/?o\b))"), 0.6),
     (re.compile(r"(?i)\b(?:aged?|turn(?:ed|s|ing)?|age\s+is|age:)\s+(\d{1,3})\b"), 0.55),
@@ -474,11 +488,13 @@ class PiiEngine:
             low = value.casefold().strip(" .,;:!?'\"")
             if low in _NOT_PII:
                 continue
+            if r.entity_type in _NER_TYPES and "_" in value:
+                continue  # snake_case labels and identifiers (intent names in assistant turns)
             if r.entity_type == "PHONE_NUMBER" and (
                 _DATE.fullmatch(value) or (value.isdigit() and r.score < 0.5 and not value.startswith("0"))
             ):
                 continue  # a date, or a bare digit run (order id, amount) with no phone context nearby
-            if allow and (low in allow or all(w.strip(".,'\"") in allow_words for w in low.split())):
+            if allow and _allowed(low, allow, allow_words):
                 continue
             out.append(PiiSpan(r.start + off, r.end + off, r.entity_type, round(float(r.score), 4)))
         return out
@@ -560,6 +576,24 @@ def _extend_addresses(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
         else:
             res.append(s)
     return res
+
+
+# Words that, next to an allow-listed brand, still make a product name ("Fernbank Savings Pot").
+_GENERIC_WORDS = {
+    "business", "plus", "premium", "metal", "savings", "saving", "pot", "app", "card", "account", "bank",
+    "pay", "support", "team", "pro", "basic", "standard", "gold", "platinum", "credit", "debit", "loan", "online",
+    "mobile", "web", "cloud", "service", "services", "customer", "care", "the", "my", "our", "your", "of", "s",
+}  # fmt: skip
+
+
+def _allowed(low: str, allow: set[str], allow_words: set[str]) -> bool:
+    """A detection is kept out when it is an allow-listed term, or one with only greetings / product words."""
+    if low in allow:
+        return True
+    words = re.findall(r"[\w&+-]+", low)
+    if not any(w in allow_words for w in words):
+        return False
+    return all(w in allow_words or w in _NOT_PII or w in _GENERIC_WORDS for w in words)
 
 
 def _glue_postcodes(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
@@ -731,6 +765,13 @@ def _content_problem(content: Any) -> str | None:
 
 
 def scrub(records: pd.DataFrame, cfg: PiiConfig) -> StageOutcome:
+    """Detect and replace PII in every scanned message of every record (see :func:`scrub_with_spans`)."""
+    return scrub_with_spans(records, cfg)[0]
+
+
+def scrub_with_spans(
+    records: pd.DataFrame, cfg: PiiConfig
+) -> tuple[StageOutcome, dict[tuple[int, int], list[PiiSpan]]]:
     """Detect and replace PII in every scanned message of every record.
 
     Quarantined: records whose messages are not a list of {role, content} with string, valid-UTF-8 text
@@ -738,9 +779,12 @@ def scrub(records: pd.DataFrame, cfg: PiiConfig) -> StageOutcome:
     not stored, only where the problem is), and records holding an entity whose operator is ``drop_row``
     (reason ``pii_drop_row``; stored scrubbed with placeholders). Kept records get new ids computed from the
     scrubbed text.
+
+    Returns the outcome and the detected spans by (row position in ``records``, message index), offsets into
+    the original message text (for ``loraflow scrub --spans``).
     """
     if len(records) == 0:
-        return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report=_empty_report(cfg))
+        return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report=_empty_report(cfg)), {}
     records = records.reset_index(drop=True)
     roles = set(cfg.roles) if cfg.roles is not None else None
 
@@ -837,7 +881,9 @@ def scrub(records: pd.DataFrame, cfg: PiiConfig) -> StageOutcome:
         "pii.records_dropped_by_policy": float(len(drop_idx)),
         **{f"pii.entities.{t}": float(n) for t, n in sorted(per_type.items())},
     }
-    return StageOutcome(kept=kept, quarantined=quarantined, report=report, metrics=metrics)
+    return StageOutcome(kept=kept, quarantined=quarantined, report=report, metrics=metrics), dict(
+        zip(where, spans, strict=True)
+    )
 
 
 def _empty_report(cfg: PiiConfig) -> dict[str, Any]:
