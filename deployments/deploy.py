@@ -129,8 +129,6 @@ def deploy_all(
         env: Extra environment for flow runs (e.g. ``LORAFLOW_HOME``, ``MLFLOW_TRACKING_URI``).
         create_pool: Create a missing process pool instead of failing.
     """
-    from prefect import deploy
-
     if create_pool and image is None:
         ensure_process_pool(work_pool)
     job_variables: dict[str, Any] = {}
@@ -143,13 +141,6 @@ def deploy_all(
     deployments = build_deployments(
         timezone, config, entrypoint_type=EntrypointType.MODULE_PATH, job_variables=job_variables
     )
-    ids = deploy(
-        *deployments,
-        work_pool_name=work_pool,
-        image=image,
-        build=False,
-        push=False,
-        print_next_steps_message=False,
-        ignore_warnings=True,
-    )
-    return [str(i) for i in ids]
+    # RunnerDeployment.apply is what prefect.deploy() runs per deployment once an image is built; deploy() itself
+    # is not used because, in 3.8.8, its worker check sends `limit: null` and the server answers 422.
+    return [str(d.apply(work_pool_name=work_pool, image=image)) for d in deployments]
