@@ -201,14 +201,10 @@ def test_retrain_triggered_through_the_api_with_overrides(prefect_server, reques
         tiny_model = str(request.getfixturevalue("tiny_model_dir"))
     except pytest.FixtureLookupError:
         pytest.skip("no tiny_model_dir fixture (tests/conftest.py)")
-    from loraflow.commands.deploy import _bin, stop
+    from loraflow.commands.deploy import start_worker, stop
 
     api, env, home = prefect_server["api"], prefect_server["env"], prefect_server["home"]
-    worker = subprocess.Popen(
-        [_bin("prefect"), "worker", "start", "--pool", "loraflow-process", "--type", "process", "--limit", "1"],
-        cwd=ROOT, env={**env, "PREFECT_API_URL": api}, stdout=open(home / "worker.log", "wb"),
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    worker = start_worker(env={**env, "PREFECT_API_URL": api}, log=home / "worker.log", cwd=ROOT)
     try:
         dep = _api(api, "GET", "/deployments/name/retrain/retrain")
         params = {"config": "configs/tiny.yaml", "base_model": tiny_model, "lora_r": 4, "lora_alpha": 8,
@@ -270,7 +266,7 @@ def test_run_form_screenshot_shows_the_fields(prefect_server, tmp_path):
 @pytest.mark.server
 def test_backfill_triggered_through_the_api(prefect_server):
     """A process worker runs the registered backfill-feedback deployment; the partitions land in the home."""
-    from loraflow.commands.deploy import _bin, stop
+    from loraflow.commands.deploy import start_worker, stop
     from tasks import feedback as fb
 
     api, env, home = prefect_server["api"], prefect_server["env"], prefect_server["home"]
@@ -279,11 +275,7 @@ def test_backfill_triggered_through_the_api(prefect_server):
     seed.write_text("".join(json.dumps({**r, "created_at": f"2026-07-0{1 + i % 2}T10:0{i}:00Z"}) + "\n"
                             for i, r in enumerate(rows)))  # fmt: skip
     assert fb.import_file(seed, f"sqlite:///{home / 'feedback' / 'feedback.db'}")["inserted"] == 6
-    worker = subprocess.Popen(
-        [_bin("prefect"), "worker", "start", "--pool", "loraflow-process", "--type", "process", "--limit", "1"],
-        cwd=ROOT, env={**env, "PREFECT_API_URL": api}, stdout=open(home / "worker-backfill.log", "wb"),
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    worker = start_worker(env={**env, "PREFECT_API_URL": api}, log=home / "worker-backfill.log", cwd=ROOT)
     try:
         dep = _api(api, "GET", "/deployments/name/backfill-feedback/backfill-feedback")
         body = {"parameters": {"start": "2026-07-01", "end": "2026-07-04"}}

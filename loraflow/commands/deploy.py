@@ -113,6 +113,21 @@ def start_mlflow_ui(
     return proc
 
 
+def start_worker(
+    pool: str = "loraflow-process", env: dict[str, str] | None = None, log: Path | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
+    """Start ``prefect worker start --pool POOL`` (a process worker: one subprocess per flow run)."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", "1"],
+        cwd=cwd,
+        env=dict(os.environ if env is None else env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     """Stop a process started here, and its own children (its process group), politely then firmly."""
     if proc.poll() is not None:
