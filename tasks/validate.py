@@ -96,17 +96,18 @@ class _Rule(StrictModel):
     #: ``row``: judged per record (may quarantine); ``dataset``: judged on the whole table (block / warn only).
     level: ClassVar[str] = "row"
 
-    @model_validator(mode="after")
-    def _check_severity(self):
-        if self.level != "row" and self.severity == "quarantine" and not self.allows_quarantine():
-            raise ValueError(
-                f"rule {self.rule!r} judges the whole dataset, so its severity must be 'block' or 'warn', "
-                "not 'quarantine'"
-            )
-        return self
+    #: A dataset-level rule that can still set rows aside (min_rows_per_class: the rows of too-small classes).
+    quarantine_ok: ClassVar[bool] = False
 
-    def allows_quarantine(self) -> bool:
-        return False
+    @field_validator("severity")
+    @classmethod
+    def _check_severity(cls, v: str) -> str:
+        if cls.level != "row" and v == "quarantine" and not cls.quarantine_ok:
+            rule = cls.model_fields["rule"].annotation.__args__[0]
+            raise ValueError(
+                f"rule {rule!r} judges the whole dataset, so its severity must be 'block' or 'warn', not 'quarantine'"
+            )
+        return v
 
     @property
     def key(self) -> str:
@@ -232,9 +233,7 @@ class MinRowsPerClassRule(_Rule):
     rule: Literal["min_rows_per_class"]
     min: int = Field(ge=1, description="Fewest rows a label needs.")
     level: ClassVar[str] = "dataset"
-
-    def allows_quarantine(self) -> bool:
-        return True
+    quarantine_ok: ClassVar[bool] = True
 
 
 class ClassBalanceRule(_Rule):
@@ -468,7 +467,7 @@ def load_contract(contract: str | Path, contracts_dir: str = "data_contracts") -
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc = (*loc, "rule")
             line, key = _locate(data, loc, missing=err["type"] in ("missing", "union_tag_not_found"))
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "union_tag_invalid":
                 msg = f"unknown rule {err['ctx'].get('tag')!r}; known rules: {', '.join(RULE_TYPES)}"
             elif err["type"] == "extra_forbidden":
