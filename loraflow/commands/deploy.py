@@ -229,10 +229,11 @@ def backfill_command(
     ] = None,
 ) -> None:
     """Backfill production feedback for [start, end) into one scrubbed partition per day (idempotent)."""
-    from flows.backfill import backfill_feedback
+    from flows.backfill import backfill_feedback, days
     from tasks.core import StageError
 
     try:
+        days(start.date(), end.date())  # a reversed window is a user error: say so before starting the flow
         result = backfill_feedback(start.date(), end.date(), source=source, dry_run=dry_run, config=config)
     except StageError as e:
         _fail(str(e))
