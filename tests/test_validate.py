@@ -643,3 +643,18 @@ def test_cli_alpaca_input_and_report(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"] == {"rows_in": 2, "kept": 1, "quarantined": 1}
+
+
+def test_cache_key_follows_the_contract_and_its_labels_file(tmp_path):
+    from tasks.validate import contract_fingerprint
+
+    labels = tmp_path / "labels.json"
+    labels.write_text('["a"]')
+    cfg = contract(tmp_path, R("label_in_set", labels_file=str(labels)))
+    first = contract_fingerprint(cfg)
+    assert contract_fingerprint(cfg) == first
+    labels.write_text('["a", "b"]')
+    second = contract_fingerprint(cfg)
+    assert second != first
+    contract(tmp_path, R("label_in_set", "warn", labels_file=str(labels)))  # same path, edited rule
+    assert contract_fingerprint(cfg) != second
