@@ -11,7 +11,6 @@ Prints a markdown table with the accuracies (free and label-constrained), losses
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,12 @@ def banking77(per_intent: int, val_per_intent: int, test_rows: int, seed: int):
     va = shuffled[(rank >= per_intent) & (rank < per_intent + val_per_intent)]
     te = test.sample(n=min(test_rows, len(test)), random_state=seed)
     mk = lambda d, s: records_from_pairs(BANKING_SYSTEM, d["text"], d["category"], s)  # noqa: E731
-    return mk(tr, "banking77-train"), mk(va, "banking77-train"), mk(te, "banking77-test"), sorted(train["category"].unique())
+    return (
+        mk(tr, "banking77-train"),
+        mk(va, "banking77-train"),
+        mk(te, "banking77-test"),
+        sorted(train["category"].unique()),
+    )
 
 
 def main() -> None:
@@ -95,13 +99,19 @@ def main() -> None:
     t_eval = time.perf_counter() - t0
     load_end = os.getloadavg()
     print()
-    print(f"dataset={args.dataset} train_rows={res.train_rows} test_rows={ev.rows} train={tcfg.model_dump(exclude_defaults=True)} eval={ecfg.model_dump(exclude_defaults=True)}")
-    print(f"loadavg start={load[0]:.2f} end={load_end[0]:.2f}; train {t_train:.0f}s ({res.tokens_per_s} tok/s, {res.steps} steps), eval {t_eval:.0f}s, total {time.perf_counter() - t_all:.0f}s")
+    print(
+        f"dataset={args.dataset} train_rows={res.train_rows} test_rows={ev.rows} train={tcfg.model_dump(exclude_defaults=True)} eval={ecfg.model_dump(exclude_defaults=True)}"
+    )
+    print(
+        f"loadavg start={load[0]:.2f} end={load_end[0]:.2f}; train {t_train:.0f}s ({res.tokens_per_s} tok/s, {res.steps} steps), eval {t_eval:.0f}s, total {time.perf_counter() - t_all:.0f}s"
+    )
     print()
     print("| model | accuracy (free) | accuracy (constrained) | valid label rate | test loss |")
     print("|---|---|---|---|---|")
     for name, m in ev.metrics.items():
-        print(f"| {name} | {m['accuracy']:.3f} | {m.get('accuracy_constrained', float('nan')):.3f} | {m['valid_label_rate']:.3f} | {m['test_loss']:.3f} |")
+        print(
+            f"| {name} | {m['accuracy']:.3f} | {m.get('accuracy_constrained', float('nan')):.3f} | {m['valid_label_rate']:.3f} | {m['test_loss']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -192,12 +192,17 @@ def answer_loss(model, tokenizer, prompt_texts: list[str], full_texts: list[str]
             n = len(p_ids) + len(c_ids)
             ids[row, :n] = torch.tensor(p_ids + c_ids)
             mask[row, :n] = 1
-            labels[row, len(p_ids) : n] = torch.tensor(c_ids, dtype=torch.long) if c_ids else labels[row, len(p_ids) : n]
+            labels[row, len(p_ids) : n] = (
+                torch.tensor(c_ids, dtype=torch.long) if c_ids else labels[row, len(p_ids) : n]
+            )
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+            shift_logits.reshape(-1, shift_logits.size(-1)),
+            shift_labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         total += float(loss)
         count += int((shift_labels != -100).sum())
@@ -218,6 +223,7 @@ def evaluate_models(
     cfg: EvalConfig,
     out_dir: str,
     labels: list[str] | None = None,
+    label_sources: list[DatasetRef] | None = None,
 ) -> EvalResult:
     """Score each named model on the test split and write the predictions table and report.
 
@@ -228,8 +234,9 @@ def evaluate_models(
             (e.g. ``{"base": None, "candidate": ".../adapter", "champion": ".../champion"}``).
         cfg: evaluation settings.
         out_dir: folder for ``predictions.parquet``, ``predictions.csv`` and ``eval_report.json``.
-        labels: label set for constrained decoding when ``cfg.labels`` is unset (e.g. the train split's
-            targets); None: the test split's distinct targets.
+        labels: label set for constrained decoding when ``cfg.labels`` is unset.
+        label_sources: with neither ``cfg.labels`` nor ``labels``, the label set is the distinct assistant
+            answers of these splits (pass the train split) together with the test split's.
 
     Returns:
         :class:`EvalResult` with ``metrics[name] = {"accuracy", "accuracy_constrained", "valid_label_rate",
@@ -248,7 +255,12 @@ def evaluate_models(
     prompts = [[{"role": m["role"], "content": m["content"]} for m in msgs[:-1]] for msgs in df["messages"]]
     targets = [str(msgs[-1]["content"]).strip() for msgs in df["messages"]]
     classification = cfg.task == "classification"
-    label_set = sorted(set(cfg.labels or labels or targets)) if classification else []
+    label_set: list[str] = []
+    if classification:
+        derived = set(targets)
+        for ref in label_sources or []:
+            derived.update(str(m[-1]["content"]).strip() for m in read_records(ref)["messages"] if m)
+        label_set = sorted(set(cfg.labels or labels or derived))
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -287,9 +299,7 @@ def evaluate_models(
         if adapter is not None:
             sha = _adapter_base_sha(adapter)
             if sha is not None and sha != base.sha256:
-                skipped[name] = (
-                    f"adapter was trained on base weights {sha[:12]}, this run's base is {base.sha256[:12]}"
-                )
+                skipped[name] = f"adapter was trained on base weights {sha[:12]}, this run's base is {base.sha256[:12]}"
                 continue
             if not (Path(adapter) / "adapter_config.json").exists():
                 skipped[name] = f"no adapter_config.json in {adapter}"
@@ -397,6 +407,7 @@ def evaluate_task(
     cfg: EvalConfig,
     out_dir: str,
     labels: list[str] | None = None,
+    label_sources: list[DatasetRef] | None = None,
 ) -> EvalResult:
     """Prefect wrapper around :func:`evaluate_models` (no caching: adapters change every run)."""
-    return evaluate_models(test, base_model, adapters, cfg, out_dir, labels=labels)
+    return evaluate_models(test, base_model, adapters, cfg, out_dir, labels=labels, label_sources=label_sources)

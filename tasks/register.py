@@ -12,6 +12,7 @@ referenced by path and sha256 tags, never copied. The version is created from th
 """
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,13 +21,15 @@ from pydantic import BaseModel, Field
 
 from tasks.core import StageError, StrictModel
 from tasks.evaluate import EvalResult
-from tasks.train import TrainResult
+from tasks.train import TrainResult, adapter_files
 
 
 class RegisterConfig(StrictModel):
     """Registry name, promotion gate and alias names."""
 
-    model_name: str = Field("loraflow-demo", min_length=1, description="Registered model name in MLflow.")
+    model_name: str | None = Field(
+        None, description="Registered model name in MLflow (None: the config's project name, passed by the flow)."
+    )
     gate_metric: str = Field(
         "accuracy_constrained",
         description="Eval metric the gate compares (higher is better): accuracy_constrained is how a classifier "
@@ -74,6 +77,11 @@ class Registration(BaseModel):
 # --------------------------------------------------------------------------------------------- gate
 
 
+def _beats(candidate: float, other: float, margin: float) -> bool:
+    """``candidate - other >= margin``, tolerant of float noise (0.12 - 0.10 is 0.01999...)."""
+    return candidate - other >= margin - 1e-9
+
+
 def gate_decision(
     metrics: dict[str, dict[str, float]],
     cfg: RegisterConfig,
@@ -98,7 +106,7 @@ def gate_decision(
     if base is None:
         ok = False
         reasons.append(f"base model has no {key!r} metric to compare with")
-    elif cand >= base + margin:
+    elif _beats(cand, base, margin):
         reasons.append(f"candidate {key} {cand:.4f} beats base {base:.4f} by {cand - base:+.4f} (margin {margin})")
     else:
         ok = False
@@ -118,7 +126,7 @@ def gate_decision(
                 )
             else:
                 reasons.append(f"champion v{champion_version} not scored; compared with base only")
-        elif cand >= champ + margin:
+        elif _beats(cand, champ, margin):
             reasons.append(
                 f"candidate {key} {cand:.4f} beats champion v{champion_version} {champ:.4f} by {cand - champ:+.4f}"
             )
@@ -186,6 +194,8 @@ def register_candidate(
     train: TrainResult,
     evaluation: EvalResult,
     cfg: RegisterConfig,
+    model_name: str | None = None,
+    dataset_digest: str | None = None,
     tags: dict[str, str] | None = None,
     candidate: str = "candidate",
 ) -> Registration:
@@ -196,26 +206,35 @@ def register_candidate(
         train: the training result (adapter folder, base model path and hash).
         evaluation: the evaluation of base / candidate / champion on the test split.
         cfg: registry and gate settings.
+        model_name: registered model name (default ``cfg.model_name``; one of them must be set).
+        dataset_digest: content hash of the training split, tagged on the version.
         tags: extra version tags from the flow (dataset digests, Prefect flow-run id...).
         candidate: key of the candidate in ``evaluation.metrics``.
     """
     from mlflow.exceptions import MlflowException
 
+    name = model_name or cfg.model_name
+    if not name:
+        raise StageError("register: no model name (set register.model_name or the config's name).")
     client = _client()
     adapter = Path(train.adapter_dir)
     if not (adapter / "adapter_config.json").exists():
         raise StageError(f"no adapter to register: {adapter} holds no adapter_config.json.")
-    client.log_artifacts(run_id, str(adapter), artifact_path=cfg.artifact_path)
+    with tempfile.TemporaryDirectory(prefix="loraflow-adapter-") as tmp:
+        # Only the adapter's own files: out_dir may also hold other outputs of the run.
+        for f in adapter_files(adapter):
+            shutil.copy2(f, Path(tmp) / f.name)
+        client.log_artifacts(run_id, tmp, artifact_path=cfg.artifact_path)
     run = client.get_run(run_id)
     source = f"{run.info.artifact_uri.rstrip('/')}/{cfg.artifact_path}"
 
     try:
-        client.get_registered_model(cfg.model_name)
+        client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
-            cfg.model_name, description="LoRA adapters trained by loraflow; the base model is referenced by tags."
+            name, description="LoRA adapters trained by loraflow; the base model is referenced by tags."
         )
-    previous = _alias_version(client, cfg.model_name, cfg.champion_alias)
+    previous = _alias_version(client, name, cfg.champion_alias)
     prev_version = str(previous.version) if previous is not None else None
     promote, reasons = gate_decision(evaluation.metrics, cfg, prev_version, candidate=candidate)
 
@@ -231,23 +250,25 @@ def register_candidate(
     for model, values in evaluation.metrics.items():
         for metric, value in values.items():
             version_tags[f"eval.{model}.{metric}"] = f"{value:.6g}"
+    if dataset_digest:
+        version_tags["train_dataset_sha256"] = dataset_digest
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
     mv = client.create_model_version(
-        cfg.model_name,
+        name,
         source=source,
         run_id=run_id,
         tags=version_tags,
         description="; ".join(reasons),
     )
     version = str(mv.version)
-    client.set_registered_model_alias(cfg.model_name, cfg.challenger_alias, version)
+    client.set_registered_model_alias(name, cfg.challenger_alias, version)
     aliases = [cfg.challenger_alias]
     if promote:
-        client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, version)
+        client.set_registered_model_alias(name, cfg.champion_alias, version)
         aliases.append(cfg.champion_alias)
 
     decision = {
-        "model_name": cfg.model_name,
+        "model_name": name,
         "version": version,
         "promoted": promote,
         "aliases": aliases,
@@ -262,7 +283,7 @@ def register_candidate(
     client.log_metric(run_id, "register.promoted", 1.0 if promote else 0.0)
     client.log_text(run_id, json.dumps(decision, indent=2), "register/decision.json")
     return Registration(
-        model_name=cfg.model_name,
+        model_name=name,
         version=version,
         aliases=aliases,
         promoted=promote,
@@ -278,7 +299,9 @@ def register_task(
     train: TrainResult,
     evaluation: EvalResult,
     cfg: RegisterConfig,
+    model_name: str | None = None,
+    dataset_digest: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> Registration:
     """Prefect wrapper around :func:`register_candidate`."""
-    return register_candidate(run_id, train, evaluation, cfg, tags=tags)
+    return register_candidate(run_id, train, evaluation, cfg, model_name, dataset_digest, tags=tags)

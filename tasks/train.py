@@ -30,6 +30,20 @@ from tasks.base_model import DEFAULT_BASE_MODEL, resolve_base_model
 from tasks.core import DatasetRef, StageError, StrictModel, read_records
 
 ADAPTER_MANIFEST = "loraflow-adapter.json"
+
+
+def adapter_files(adapter_dir: str | Path) -> list[Path]:
+    """The files that make up an adapter folder (as listed in its manifest; else the PEFT + tokenizer files)."""
+    folder = Path(adapter_dir)
+    manifest = folder / ADAPTER_MANIFEST
+    if manifest.exists():
+        names = json.loads(manifest.read_text()).get("files") or []
+        if names:
+            return [folder / n for n in names if (folder / n).is_file()]
+    keep = ("adapter_", "tokenizer", "special_tokens", "chat_template", "vocab", "merges", ADAPTER_MANIFEST)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(keep))
+
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -43,7 +57,10 @@ class TrainConfig(StrictModel):
     lora_r: int = Field(16, ge=1, le=512, description="LoRA rank. Higher: more capacity, memory and time per step.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha; the update is scaled by alpha / r (2x here).")
     lora_dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input. 0: ~14 % faster steps on CPU; raise if it overfits."
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the LoRA input. 0: ~14 % faster steps on CPU; raise if it overfits.",
     )
     target_modules: list[str] = Field(
         default_factory=lambda: list(ALL_LINEAR),
@@ -61,9 +78,13 @@ class TrainConfig(StrictModel):
     epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Rows per device step. Larger: fewer, slower steps, same tokens/s.")
-    grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update (effective batch = batch x accum).")
+    grad_accum: int = Field(
+        1, ge=1, description="Steps accumulated per optimizer update (effective batch = batch x accum)."
+    )
     max_length: int = Field(
-        256, ge=8, description="Tokens per example; longer rows are cut at the end (the answer would be lost: keep rows short)."
+        256,
+        ge=8,
+        description="Tokens per example; longer rows are cut at the end (the answer would be lost: keep rows short).",
     )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="LR schedule after warmup. Linear decay to 0 suits one short epoch."
@@ -208,7 +229,8 @@ def train_adapter(
         train: training records (chat messages ending with the assistant answer).
         val: validation records; their loss is computed during training and at the end.
         cfg: training settings.
-        out_dir: folder for the adapter; replaced if it exists.
+        out_dir: folder for the adapter files (created; same-named files in it are replaced). The files
+            written are listed in its ``loraflow-adapter.json``.
         on_log: called as ``on_log(logs, step)`` for every log line the trainer emits. ``logs`` uses
             ``train_loss`` for the step's training loss and ``val_loss`` for the validation loss (plus
             ``learning_rate``, ``grad_norm``...).
@@ -313,16 +335,18 @@ def train_adapter(
             if on_log is not None:
                 on_log({"val_loss": val_loss}, steps)
         train_loss = _last_train_loss(trainer.state.log_history)
-        seen_rows = min(steps * rows_per_step, len(train_ds) * cfg.epochs) if cfg.max_steps else len(train_ds) * cfg.epochs
+        seen_rows = (
+            min(steps * rows_per_step, len(train_ds) * cfg.epochs) if cfg.max_steps else len(train_ds) * cfg.epochs
+        )
         seen_tokens = train_tokens * seen_rows / max(1, len(train_ds))
 
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        # Written into a fresh folder and moved in, so out_dir never mixes this adapter with older files.
+        staged = work / "adapter"
         trainer.model.peft_config["default"].base_model_name_or_path = base.path
-        trainer.model.save_pretrained(str(out), safe_serialization=True)
-        tokenizer.save_pretrained(str(out))
-        (out / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub says nothing true about this run
+        trainer.model.save_pretrained(str(staged), safe_serialization=True)
+        tokenizer.save_pretrained(str(staged))
+        (staged / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub says nothing true about this run
+        files = sorted(p.name for p in staged.iterdir() if p.is_file())
         manifest = {
             "base_model": base.path,
             "base_model_name": base.name,
@@ -330,8 +354,12 @@ def train_adapter(
             "lora_config": cfg.model_dump(),
             "train": train.model_dump(),
             "val": val.model_dump(),
+            "files": [*files, ADAPTER_MANIFEST],
         }
-        (out / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (staged / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in manifest["files"]:
+            shutil.move(str(staged / name), str(out / name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,0 +1,131 @@
+"""Evaluation: exact-match accuracy, label-constrained decoding, valid-label rate, test loss, outputs."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.core import StageError, record_id, write_records
+from tasks.evaluate import EvalConfig, LabelTrie, evaluate_models, label_token_ids
+
+SYSTEM = "Route the ticket. Reply with the category only."
+
+
+def _records(pairs):
+    rows = []
+    for text, label in pairs:
+        msgs = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": label},
+        ]
+        rows.append({"id": record_id(msgs), "messages": msgs, "source": "t", "created_at": "", "meta": {}})
+    return pd.DataFrame(rows)
+
+
+def test_label_trie_allows_only_label_continuations():
+    end = 99
+    trie = LabelTrie([[1, 2, 3], [1, 4], [5]], end_id=end)
+    assert sorted(trie.allowed([])) == [1, 5]
+    assert sorted(trie.allowed([1])) == [2, 4]
+    assert trie.allowed([1, 2]) == [3]
+    assert trie.allowed([1, 2, 3]) == [end]
+    assert trie.allowed([5]) == [end]
+    assert trie.allowed([5, end]) == [end]  # finished rows only pad
+    # A label that is a prefix of another may stop or go on.
+    trie2 = LabelTrie([[7], [7, 8]], end_id=end)
+    assert sorted(trie2.allowed([7])) == [8, end]
+
+
+def test_label_tokens_match_the_training_answer_tokens(base_tokenizer_dir):
+    """The trie must use the tokens training puts after ``assistant\\n`` or a trained model could not be matched."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
+    for label in ["card_declined", "Refund_not_showing_up", "verify_my_identity"]:
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template([*msgs, {"role": "assistant", "content": label}], tokenize=False)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        f_ids = tok(full, add_special_tokens=False)["input_ids"]
+        assert f_ids[: len(p_ids)] == p_ids
+        assert (
+            f_ids[len(p_ids) : len(p_ids) + len(label_token_ids(tok, [label])[0])] == label_token_ids(tok, [label])[0]
+        )
+
+
+def test_evaluate_base_and_adapter_on_tiny_model(tiny_model_dir, tmp_path):
+    labels = ["card_declined", "refund_not_received", "transfer_failed"]
+    test = _records([(f"ticket {i}", labels[i % 3]) for i in range(9)])
+    ref = write_records(test, tmp_path / "test.parquet")
+    cfg = EvalConfig(batch_size=4, max_new_tokens=6)
+    res = evaluate_models(ref, str(tiny_model_dir), {"base": None}, cfg, str(tmp_path / "eval"))
+
+    assert res.rows == 9 and res.labels == 3
+    m = res.metrics["base"]
+    assert set(m) == {"accuracy", "accuracy_constrained", "valid_label_rate", "test_loss"}
+    table = pd.read_parquet(res.predictions_uri)
+    assert len(table) == 9 and set(table["model"]) == {"base"}
+    assert list(pd.read_csv(res.predictions_csv_uri).columns) == list(table.columns)
+    # Constrained decoding can only emit labels, even from a random model.
+    assert set(table["prediction_constrained"]) <= set(labels)
+    # The metrics are the table's own counts.
+    assert m["accuracy"] == pytest.approx(table["correct"].mean())
+    assert m["accuracy_constrained"] == pytest.approx((table["prediction_constrained"] == table["target"]).mean())
+    assert m["valid_label_rate"] == pytest.approx(table["prediction"].isin(labels).mean())
+    assert m["test_loss"] > 0
+    report = json.loads(Path(res.report_uri).read_text())
+    assert report["metrics"] == res.metrics and report["rows"] == 9
+
+
+def test_single_label_constrained_is_always_right(tiny_model_dir, tmp_path):
+    """With one label the trie leaves no choice: constrained accuracy is exactly 1, free accuracy is what it is."""
+    test = _records([(f"ticket {i}", "card_declined") for i in range(5)])
+    ref = write_records(test, tmp_path / "test.parquet")
+    res = evaluate_models(ref, str(tiny_model_dir), {"base": None}, EvalConfig(batch_size=2), str(tmp_path / "e"))
+    assert res.metrics["base"]["accuracy_constrained"] == 1.0
+    assert res.metrics["base"]["accuracy"] < 1.0  # a random model does not write the label by itself
+
+
+def test_adapter_for_other_base_is_skipped_not_scored(tiny_model_dir, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "loraflow-adapter.json").write_text(json.dumps({"base_model_sha256": "0" * 64}))
+    ref = write_records(_records([("t", "a"), ("u", "b")]), tmp_path / "test.parquet")
+    res = evaluate_models(
+        ref, str(tiny_model_dir), {"base": None, "champion": str(adapter)}, EvalConfig(), str(tmp_path / "e")
+    )
+    assert "champion" not in res.metrics and "trained on base weights" in res.skipped["champion"]
+
+
+def test_empty_test_split_is_a_stage_error(tiny_model_dir, tmp_path):
+    ref = write_records(_records([("t", "a")]).iloc[:0], tmp_path / "test.parquet")
+    with pytest.raises(StageError, match="empty"):
+        evaluate_models(ref, str(tiny_model_dir), {"base": None}, EvalConfig(), str(tmp_path / "e"))
+
+
+def test_adapters_attach_and_detach_without_reloading(tiny_model_dir, tmp_path):
+    """Base scored before and after an adapter is attached gives the same numbers; the adapter changes them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, lora)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+
+    ref = write_records(_records([(f"ticket {i}", ["a_label", "b_label"][i % 2]) for i in range(4)]), tmp_path / "t.pq")
+    res = evaluate_models(
+        ref,
+        str(tiny_model_dir),
+        {"base": None, "candidate": str(adapter), "base_again": None},
+        EvalConfig(batch_size=4, max_new_tokens=4),
+        str(tmp_path / "e"),
+    )
+    assert res.metrics["base"] == res.metrics["base_again"]
+    assert res.metrics["candidate"]["test_loss"] != pytest.approx(res.metrics["base"]["test_loss"], abs=1e-6)
