@@ -118,14 +118,16 @@ def steps():
         PiiConfig(entities=ents, phone_regions=base_regions),
     )
     ents = [e for e in ents if e != "DATE_TIME"] + ["DATE_OF_BIRTH"]
-    yield "+ relative dates dropped: DATE_TIME off, dates of birth by context", PiiConfig(
-        entities=ents, phone_regions=base_regions
+    yield (
+        "+ relative dates dropped: DATE_TIME off, dates of birth by context",
+        PiiConfig(entities=ents, phone_regions=base_regions),
     )
     ents = ents + ["ORGANIZATION"]
     yield "+ spaCy ORG kept (organisations)", PiiConfig(entities=ents, phone_regions=base_regions)
     ents = ents + ["STREET_ADDRESS", "ZIP_CODE"]
-    yield "+ street-address recognizers, postcodes glued to addresses", PiiConfig(
-        entities=ents, phone_regions=base_regions
+    yield (
+        "+ street-address recognizers, postcodes glued to addresses",
+        PiiConfig(entities=ents, phone_regions=base_regions),
     )
     yield "+ 14 more phone regions", PiiConfig(entities=ents, phone_regions=list(DEFAULT_PHONE_REGIONS))
     yield "+ age and title recognizers = loraflow default", PiiConfig()

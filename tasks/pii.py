@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field
 from prefect import task
+from pydantic import Field
 
 from tasks.caching import DATA_STAGE_CACHE
 from tasks.core import (
@@ -195,15 +195,18 @@ _UNIT = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.?|Room|Rm\.?)\s?#
 
 _ADDRESS_PATTERNS: list[tuple[str, float]] = [
     # 22829 Jagerij 64 / 1593 Pagari 18: house number, one street word, number (the Faker / European order)
-    (rf"\b\d{{1,6}}\s+[A-ZÀ-Þ][a-zà-ÿ][\w'-]*\s+\d{{1,4}}[A-Za-z]?\b(?!\s*(?:%|percent|years|days|times))", 0.5),
+    (r"\b\d{1,6}\s+[A-ZÀ-Þ][a-zà-ÿ][\w'-]*\s+\d{1,4}[A-Za-z]?\b(?!\s*(?:%|percent|years|days|times))", 0.5),
     # 3784 Archwood Avenue [Apt. 2]   /   615 Benedum Drive
     (rf"\b{_NUM}(?:\s+{_NUM})?\s+(?:{_WORD}\s+){{0,4}}(?:{_STREET_SUFFIX})\b(?:,?\s+{_UNIT})*", 0.6),
     # Mellemvej 32, Koskikatu 25 Apt. 864, 6750 Koskikatu 25
     (rf"\b(?:{_NUM}\s+)?{_COMPOUND_STREET}\s+{_NUM}\b(?:,?\s+{_UNIT})*", 0.6),
     (rf"(?i:\b{_NUM}\s+{_COMPOUND_STREET}\b)", 0.5),
     # Rue de Piétrain 371, 159 Eleftheriou Venizelou str
-    (rf"(?i)\b(?:{_NUM}\s+)?{_ROMANCE_STREET}\s+(?:(?:de|da|do|del|della|di|des|du|la|le|dos|das)\s+)?"
-     rf"(?:{_WORD}\s+){{0,3}}{_WORD}(?:\s+{_NUM})?\b", 0.5),
+    (
+        rf"(?i)\b(?:{_NUM}\s+)?{_ROMANCE_STREET}\s+(?:(?:de|da|do|del|della|di|des|du|la|le|dos|das)\s+)?"
+        rf"(?:{_WORD}\s+){{0,3}}{_WORD}(?:\s+{_NUM})?\b",
+        0.5,
+    ),
     (rf"\b{_NUM}\s+(?:{_WORD}\s+){{1,3}}(?i:str\.?|st\.)(?=\W|$)", 0.5),
     # Gregersen Prairie / Rennie Union / Trajanka Forks: Capitalised name + street suffix (Faker-style)
     (rf"\b[A-Z][\w'-]+\s+(?:{_STREET_SUFFIX})\b(?:,?\s+{_UNIT})*", 0.35),
@@ -226,7 +229,9 @@ _ADDRESS_TAIL = re.compile(
     r"|drops?\s+you\s+off\s+at|address\s+change\s+to))\s+"
     r"((?:the\s+corner\s+of\s+)?\d[^?!;]{3,150}?)(?=\s*(?:[?!;]|\.\s+[A-Z]|\.?\s*$|\n\n))"
 )
-_ZIP = re.compile(r"\b(?:\d{5}(?:-\d{4})?|\d{3}\s\d{2}|\d{4}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b")
+_ZIP = re.compile(
+    r"\b(?:\d{5}(?:-\d{4})?|\d{3}\s\d{2}|\d{4}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b"
+)
 _ZIP_CONTEXT = re.compile(
     r"(?i)\b(?:zip|postal|post|postcode|zipcode)(?:\s*code)?(?:\s+is)?\s*[:#-]?\s*"
     r"(\d{3,5}(?:[\s-]\d{2,4})?|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b"
@@ -241,12 +246,23 @@ _NOT_NAME = (
     r"Back|Calling|Contacting|Reaching|About|From|In|On|At|To|For|With|Urgent|Quick|Another|Again)\b)"
 )
 _NAME_CONTEXT = [
-    (re.compile(r"(?i:\b(?:my\s+name\s+is|name\s+is|named))\s+(?!(?:not|the|a|an|on|in|at|correct|wrong|"
-                r"missing|spelled|spelt|incorrect|still|also|now)\b)"
-                r"((?:[A-ZÀ-Þ][\w'-]+|[a-zà-þ][\w'-]+)(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"), 0.5),
-    (re.compile(r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|(?i:call\s+me|it'?s\s+under|"
-                r"change\s+it\s+to)),?\s+" + _NOT_NAME +
-                r"([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"), 0.4),
+    (
+        re.compile(
+            r"(?i:\b(?:my\s+name\s+is|name\s+is|named))\s+(?!(?:not|the|a|an|on|in|at|correct|wrong|"
+            r"missing|spelled|spelt|incorrect|still|also|now)\b)"
+            r"((?:[A-ZÀ-Þ][\w'-]+|[a-zà-þ][\w'-]+)(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"
+        ),
+        0.5,
+    ),
+    (
+        re.compile(
+            r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|(?i:call\s+me|it'?s\s+under|"
+            r"change\s+it\s+to)),?\s+"
+            + _NOT_NAME
+            + r"([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"
+        ),
+        0.4,
+    ),
 ]
 _JOB_HEADS = (
     r"manager|engineer|consultant|technician|administrator|director|cleaner|operator|controller|distributor|"
@@ -279,7 +295,9 @@ _AGE = [
     (re.compile(r"(?i)\b(\d{1,3})(?=[\s-]?(?:(?:years?|yrs?)[\s-]+old|y/?o\b))"), 0.6),
     (re.compile(r"(?i)\b(?:aged?|turn(?:ed|s|ing)?|age\s+is|age:)\s+(\d{1,3})\b"), 0.55),
 ]
-_TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sr|Sra|Srta|Mme|Mlle|Herr|Frau|Fr|Hr)\.(?=\s)|\b(?:Miss|Sir|Madam|Dame|Lord|Lady)\b(?=\s+[A-Z])")
+_TITLE = re.compile(
+    r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sr|Sra|Srta|Mme|Mlle|Herr|Frau|Fr|Hr)\.(?=\s)|\b(?:Miss|Sir|Madam|Dame|Lord|Lady)\b(?=\s+[A-Z])"
+)
 _DOB_CONTEXT = re.compile(r"(?i)\b(?:born|birth|birthday|birthdate|d\.?o\.?b\.?)\b")
 _DATE = re.compile(
     r"\b(?:\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?|"
@@ -406,9 +424,17 @@ def _nlp_configuration(model: str, keep_org: bool) -> dict[str, Any]:
         "models": [{"lang_code": "en", "model_name": model}],
         "ner_model_configuration": {
             "model_to_presidio_entity_mapping": {
-                "PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCATION", "LOC": "LOCATION",
-                "GPE": "LOCATION", "LOCATION": "LOCATION", "ORG": "ORGANIZATION", "ORGANIZATION": "ORGANIZATION",
-                "DATE": "DATE_TIME", "TIME": "DATE_TIME",
+                "PER": "PERSON",
+                "PERSON": "PERSON",
+                "NORP": "NRP",
+                "FAC": "LOCATION",
+                "LOC": "LOCATION",
+                "GPE": "LOCATION",
+                "LOCATION": "LOCATION",
+                "ORG": "ORGANIZATION",
+                "ORGANIZATION": "ORGANIZATION",
+                "DATE": "DATE_TIME",
+                "TIME": "DATE_TIME",
             },  # fmt: skip
             "low_confidence_score_multiplier": 0.4,
             "low_score_entity_names": [],
@@ -515,7 +541,9 @@ class PiiEngine:
         raw: list[list[PiiSpan]] = [[] for _ in texts]
         for b in range(0, len(pieces), cfg.batch_size * 8):
             batch = pieces[b : b + cfg.batch_size * 8]
-            for (i, off), piece, results in zip(owners[b : b + len(batch)], batch, self._analyze_docs(batch), strict=True):
+            for (i, off), piece, results in zip(
+                owners[b : b + len(batch)], batch, self._analyze_docs(batch), strict=True
+            ):
                 raw[i].extend(self._filter(piece, results, off))
         return [self._resolve(texts[i], spans) for i, spans in enumerate(raw)]
 
@@ -636,9 +664,8 @@ def _extend_addresses(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
             if good == 0:
                 break
             # end of the last good word
-            k, idx = 0, part_start
-            for mw in re.finditer(r"\S+", text[part_start:limit]):
-                k += 1
+            idx = part_start
+            for k, mw in enumerate(re.finditer(r"\S+", text[part_start:limit]), start=1):
                 idx = part_start + mw.end()
                 if k == good:
                     break
@@ -682,7 +709,13 @@ def _glue_postcodes(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
         if s.entity_type not in placeish:
             continue
         for m in _ZIP.finditer(text, max(0, s.start - 12), min(len(text), s.end + 14)):
-            gap = text[s.end : m.start()] if m.start() >= s.end else text[m.end() : s.start] if m.end() <= s.start else None
+            gap = (
+                text[s.end : m.start()]
+                if m.start() >= s.end
+                else text[m.end() : s.start]
+                if m.end() <= s.start
+                else None
+            )
             if gap is not None and re.fullmatch(r"[\s,]{0,4}(?:[A-Z]{2}\s+)?", gap):
                 extra.append(PiiSpan(m.start(), m.end(), "ZIP_CODE", 0.5))
     if not extra:

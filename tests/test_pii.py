@@ -61,7 +61,7 @@ def test_detects_the_core_types_with_exact_offsets(engine):
     assert found[IBAN] == "IBAN_CODE"
     assert found["10.20.30.40"] == "IP_ADDRESS"
     assert [s.start for s in spans] == sorted(s.start for s in spans)  # reading order, no overlaps
-    assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
+    assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_street_addresses_dates_of_birth_and_ages(engine):
@@ -154,9 +154,7 @@ def test_pseudonyms_are_consistent_across_turns_and_numbered_in_reading_order(en
     out = scrub(frame(r), CFG)
     msgs = out.kept.iloc[0]["messages"]
     assert msgs[0]["content"] == "You are the Fernbank support assistant."
-    assert msgs[1]["content"] == (
-        "Hi, I am <PERSON_1>. My colleague <PERSON_2> gets a copy at <EMAIL_ADDRESS_1>."
-    )
+    assert msgs[1]["content"] == ("Hi, I am <PERSON_1>. My colleague <PERSON_2> gets a copy at <EMAIL_ADDRESS_1>.")
     assert msgs[2]["content"] == (
         "Thanks <PERSON_1>, I have written to <EMAIL_ADDRESS_1>. <PERSON_1>, is <PERSON_2> cc'd?"
     )
@@ -280,8 +278,14 @@ def test_cli_writes_scrubbed_chat_jsonl_spans_and_report(engine, tmp_path):
 
     src = tmp_path / "in.jsonl"
     lines = [
-        json.dumps({"messages": [{"role": "user", "content": f"I am {NAME}, mail {EMAIL}"},
-                                 {"role": "assistant", "content": f"Hi {NAME}"}]}),  # fmt: skip
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"I am {NAME}, mail {EMAIL}"},
+                    {"role": "assistant", "content": f"Hi {NAME}"},
+                ]
+            }
+        ),  # fmt: skip
         "{not json",
         json.dumps({"instruction": "Route this ticket", "input": f"Call me on {PHONE}", "output": "callback"}),
         json.dumps({"prompt": "What is the fee for a transfer?", "completion": "fees"}),

@@ -102,8 +102,10 @@ def command(
         "quarantined_at_read": len(loaded.quarantined),
         "quarantined": len(q),
         **{f"quarantined_{k}": int(v) for k, v in (q["reason"].value_counts().items() if len(q) else [])},
-        **{f"quarantined_at_read_{k}": int(v) for k, v in (loaded.quarantined["reason"].value_counts().items()
-                                                           if len(loaded.quarantined) else [])},  # fmt: skip
+        **{
+            f"quarantined_at_read_{k}": int(v)
+            for k, v in (loaded.quarantined["reason"].value_counts().items() if len(loaded.quarantined) else [])
+        },  # fmt: skip
     }
     full = {"stage": "pii", "input": str(input), "output": str(output), "counts": counts, **outcome.report}
     if report is not None:
