@@ -1359,6 +1359,27 @@ def validate(
         if not in_phase:
             continue
         frame = table[alive].reset_index(drop=False)  # 'index' keeps the position in ``records``
+        if frame.empty and phase > 1:
+            # Nothing left to judge: only the row count means something (a ratio or a percentile of no rows
+            # does not), so the other dataset rules are reported as not checked.
+            for r in [r for r in in_phase if not isinstance(r, MinRowsRule)]:
+                rows_out.append(
+                    {
+                        "rule": r.key,
+                        "type": r.rule,
+                        "severity": r.severity,
+                        "description": r.description,
+                        "threshold": _threshold(r, contract),
+                        "passed": True,
+                        "phase": phase,
+                        "observed": "not checked: no rows left",
+                        "rows_affected": 0,
+                        "example_ids": [],
+                    }
+                )
+            in_phase = [r for r in in_phase if isinstance(r, MinRowsRule)]
+            if not in_phase:
+                continue
         for r in in_phase:
             if isinstance(r, MinRowsPerClassRule):  # class sizes over the rows this phase sees
                 col = f"{r.key}__value"

@@ -658,3 +658,16 @@ def test_cache_key_follows_the_contract_and_its_labels_file(tmp_path):
     assert second != first
     contract(tmp_path, R("label_in_set", "warn", labels_file=str(labels)))  # same path, edited rule
     assert contract_fingerprint(cfg) != second
+
+
+def test_no_rows_left_blocks_on_the_row_count_only(tmp_path):
+    cfg = contract(
+        tmp_path,
+        R("required_fields"),
+        R("min_rows", "block", min=1),
+        R("duplicate_rate", "block", max=0.0),
+        R("class_balance", "block", max_ratio=2),
+    )
+    err = _blocked(cfg, [rec(messages="not a list")])
+    assert err.report["blocked"] == ["min_rows"]
+    assert rule_row(err.report, "duplicate_rate")["observed"] == "not checked: no rows left"
