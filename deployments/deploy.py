@@ -85,10 +85,15 @@ def build_deployments(
 
 
 def serve_all(timezone: str | None = None, config: str | None = None, limit: int | None = None) -> None:
-    """Run all deployments in this process against the configured Prefect API (blocks until interrupted)."""
-    from prefect import serve
+    """Run all deployments in this process against the configured Prefect API (blocks until interrupted).
 
-    serve(*build_deployments(timezone, config), limit=limit)
+    Against a real server the schedules are paused on shutdown (nothing serves them any more); with the embedded
+    API the server stops with this process, so there is nothing to pause (and trying hangs on Ctrl-C).
+    """
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL
+
+    serve(*build_deployments(timezone, config), limit=limit, pause_on_shutdown=bool(PREFECT_API_URL.value()))
 
 
 def ensure_process_pool(name: str = DEFAULT_WORK_POOL) -> bool:
