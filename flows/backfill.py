@@ -301,6 +301,7 @@ def backfill_feedback(
 
             tracking.log_metrics(run_id, {f"backfill.total.{k}": v for k, v in totals.items()})
             tracking.json_artifact(run_id, results, "backfill/days.json")
+            _publish_summary(start, end, results, totals, run_id)
         status = "FINISHED"
         return {"start": start.isoformat(), "end": end.isoformat(), "dry_run": dry_run, "mlflow_run_id": run_id,
                 "totals": dict(sorted(totals.items())), "days": results}  # fmt: skip
@@ -309,6 +310,26 @@ def backfill_feedback(
             from tasks import tracking
 
             tracking.end_run(run_id, status)
+
+
+def _publish_summary(start: dt.date, end: dt.date, results: list[dict], totals: Counter, run_id: str) -> None:
+    """A Prefect markdown artifact: the per-day counts table (counts only, never text)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    reasons = sorted({k for r in results for k in r if k.startswith("quarantined_")})
+    head = ["day", "rows in", "kept", "quarantined", *(k.removeprefix("quarantined_") for k in reasons)]
+    lines = [f"# Feedback backfill {start} → {end} (end exclusive)", "", f"MLflow run `{run_id}`", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]  # fmt: skip
+    for r in [*results, {"day": "**total**", **totals}]:
+        cells = [
+            r["day"],
+            r.get("rows_in", 0),
+            r.get("kept", 0),
+            r.get("quarantined", 0),
+            *(r.get(k, 0) for k in reasons),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    create_markdown_artifact("\n".join(lines), key="backfill-feedback", description="loraflow feedback backfill")
 
 
 def _start_mlflow(start: dt.date, end: dt.date, store: FeedbackStoreConfig, config: str | None) -> str:

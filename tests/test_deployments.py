@@ -18,6 +18,7 @@ import pytest
 from deployments.deploy import QUARTERLY_CRON, build_deployments
 from flows.params import RetrainParams
 from flows.quarterly import previous_quarter_start, quarter_start
+from tasks.home import model_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,7 @@ def _env(home: Path) -> dict[str, str]:
         LORAFLOW_HOME=str(home),
         MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        LORAFLOW_MODEL_CACHE=str(model_cache()),  # the base model prepared once, outside the throwaway home
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -291,3 +293,5 @@ def test_backfill_triggered_through_the_api(prefect_server):
     assert sum(r["rows_in"] for r in reports) == 6 and reports[2]["rows_in"] == 0
     task_runs = _api(api, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert sorted(t["name"] for t in task_runs) == ["backfill-2026-07-01", "backfill-2026-07-02", "backfill-2026-07-03"]
+    (artifact,) = _api(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    assert artifact["key"] == "backfill-feedback" and "| **total** | 6 |" in artifact["data"]
