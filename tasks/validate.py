@@ -1296,9 +1296,10 @@ def _block_message(contract: Contract, failed: list[dict[str, Any]]) -> str:
     parts = []
     for r in failed:
         ex = f"; example ids: {', '.join(r['example_ids'])}" if r["example_ids"] else ""
+        affected = f", {r['rows_affected']} rows affected" if r["rows_affected"] else ""
         parts.append(
-            f"rule {r['rule']!r} ({r['description'].rstrip('.')}) observed {r['observed']}, threshold "
-            f"{r['threshold']}, {r['rows_affected']} rows affected{ex}"
+            f'rule {r["rule"]!r} ("{r["description"].rstrip(".")}"): observed {r["observed"]}, threshold '
+            f"{r['threshold']}{affected}{ex}"
         )
     return (
         f"Data contract {contract.contract!r} ({contract.path}) blocks this dataset before training: "
@@ -1631,7 +1632,9 @@ def check_splits(splits: Splits, cfg: ValidateConfig) -> dict[str, Any]:
         }
         for r, split, b in checks:
             passed = ok[(r.key, split, "rows")] and ok[(r.key, split, "fraction")]
-            hi = "" if b.max_rows is None else f"–{b.max_rows}"
+            threshold = f"≥ {b.min_rows} rows" if b.max_rows is None else f"{b.min_rows}–{b.max_rows} rows"
+            if (b.min_fraction, b.max_fraction) != (0.0, 1.0):
+                threshold += f", {b.min_fraction:.0%}–{b.max_fraction:.0%} of all"
             report["rules"].append(
                 {
                     "rule": f"{r.key}.{split}",
@@ -1639,7 +1642,7 @@ def check_splits(splits: Splits, cfg: ValidateConfig) -> dict[str, Any]:
                     "severity": r.severity,
                     "description": r.description,
                     "observed": f"{sizes[split]} rows ({sizes[split] / total:.1%})",
-                    "threshold": f"{b.min_rows}{hi} rows, {b.min_fraction:.0%}–{b.max_fraction:.0%}",
+                    "threshold": threshold,
                     "passed": passed,
                     "rows_affected": 0 if passed else sizes[split],
                     "example_ids": [],
