@@ -295,3 +295,35 @@ def test_backfill_triggered_through_the_api(prefect_server):
     assert sorted(t["name"] for t in task_runs) == ["backfill-2026-07-01", "backfill-2026-07-02", "backfill-2026-07-03"]
     (artifact,) = _api(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     assert artifact["key"] == "backfill-feedback" and "| **total** | 6 |" in artifact["data"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_quarterly_retrain_through_the_api(prefect_server):
+    """The scheduled deployment, run now for a given day: backfill the previous quarter, then a dry-run retrain."""
+    if not (ROOT / "configs" / "tiny.yaml").exists():
+        pytest.skip("configs/tiny.yaml not present")
+    from loraflow.commands.deploy import start_worker, stop
+
+    api, env, home = prefect_server["api"], prefect_server["env"], prefect_server["home"]
+    worker = start_worker(env={**env, "PREFECT_API_URL": api}, log=home / "worker-quarterly.log", cwd=ROOT)
+    try:
+        dep = _api(api, "GET", "/deployments/name/quarterly-retrain/quarterly-retrain")
+        body = {"parameters": {"config": "configs/tiny.yaml", "day": "2026-07-03", "dry_run": True}}
+        run = _api(api, "POST", f"/deployments/{dep['id']}/create_flow_run", body)
+        final = _wait_final(api, run["id"], timeout=900)
+        log = (home / "worker-quarterly.log").read_text(errors="replace")
+        assert final["state"]["type"] == "COMPLETED", log[-4000:]
+    finally:
+        stop(worker)
+    subflows = _api(api, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
+    assert len(subflows) == 2  # backfill-feedback, then retrain
+    parts = {p.parent.name for p in (home / "feedback").glob("date=*/part.parquet")}
+    assert {"date=2026-04-01", "date=2026-07-02"} <= parts and "date=2026-07-03" not in parts
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("loraflow-tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.`loraflow.dry_run` = 'True'")
+    assert runs and runs[0].data.tags["loraflow.config"] == "configs/tiny.yaml"
