@@ -63,7 +63,11 @@ def tokenizer_dir(request, tmp_path_factory) -> str:
 
 
 def rec(user: str = "My card has not arrived yet.", answer: str = "card_not_arrived", messages=None, **meta):
-    msgs = messages if messages is not None else [SYSTEM, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    msgs = (
+        messages
+        if messages is not None
+        else [SYSTEM, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    )
     try:
         rid = record_id(msgs)
     except (AttributeError, TypeError):
@@ -220,7 +224,10 @@ def test_json_output(tmp_path):
         rec(answer='{"category": "card", "priority": "urgent"}'),  # not in the enum
         rec(answer='{"priority": "low"}'),  # missing key
     ]
-    good = [rec(answer='{"category": "card", "priority": "low"}'), rec(user="b", answer='{"category": "x", "priority": "high"}')]
+    good = [
+        rec(answer='{"category": "card", "priority": "low"}'),
+        rec(user="b", answer='{"category": "x", "priority": "high"}'),
+    ]
     out = assert_quarantines(cfg, bad, good, "json_output")
     codes = {json.loads(d)["json_output"] for d in out.quarantined["detail"]}
     assert codes == {"not_json", "schema:enum@$.priority", "schema:required@$"}
@@ -353,7 +360,9 @@ def test_length_percentiles(tmp_path, tokenizer_dir):
 
 def _splits(train: int, val: int, test: int) -> Splits:
     ref = lambda n, s: DatasetRef(uri=f"/nowhere/{s}.parquet", sha256=s * 8, rows=n)  # noqa: E731
-    return Splits(train=ref(train, "a"), val=ref(val, "b"), test=ref(test, "c"), report_uri="/nowhere/r.json", counts={})
+    return Splits(
+        train=ref(train, "a"), val=ref(val, "b"), test=ref(test, "c"), report_uri="/nowhere/r.json", counts={}
+    )
 
 
 def test_split_sizes(tmp_path):
@@ -671,3 +680,43 @@ def test_no_rows_left_blocks_on_the_row_count_only(tmp_path):
     err = _blocked(cfg, [rec(messages="not a list")])
     assert err.report["blocked"] == ["min_rows"]
     assert rule_row(err.report, "duplicate_rate")["observed"] == "not checked: no rows left"
+
+
+# --------------------------------------------------------------------------------------------- the real flow
+
+
+@pytest.mark.slow
+def test_a_doctored_demo_dataset_stops_the_run_before_training(tmp_path, request):
+    """A truncated export of the demo tickets breaks the `min_rows` block rule: `loraflow run` exits non-zero with
+    the contract's one-paragraph message, before the train stage, and registers nothing."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tasks.dedup")  # the whole data path must exist
+    try:
+        model = str(request.getfixturevalue("tiny_model_dir"))
+    except pytest.FixtureLookupError:
+        model = str(REPO / ".loraflow/models/SmolLM2-135M-Instruct")
+        if not Path(model, "tokenizer.json").exists():
+            pytest.skip("no base model to count tokens with")
+    doctored = tmp_path / "tickets_truncated.jsonl"
+    doctored.write_text("".join((REPO / "examples/demo/tickets_chat.jsonl").read_text().splitlines(True)[:30]))
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(LORAFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
+    args = ["run", "--config", "configs/tiny.yaml", "--set", f"train.base_model={model}",
+            "--set", "validate.contract=tiny", "--set", f"data.sources=[{{path: {doctored}}}]"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "loraflow", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "blocks this dataset before training" in out and "rule 'min_rows'" in out and "threshold ≥ 40 rows" in out
+    assert "Task run 'train" not in out
+    assert list((home / "data").rglob("validate-*.blocked.report.json"))
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    assert client.search_registered_models() == []
