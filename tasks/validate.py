@@ -422,9 +422,9 @@ def _locate(data, loc: tuple, missing: bool) -> tuple[int | None, str]:
             line = node.lc.item(part)[0] + 1 if hasattr(node, "lc") else line
             parts.append(f"[{part}]")
             node = node[part]
-        elif last and isinstance(part, str):
+        elif last and missing and isinstance(part, str):
             # A missing key: point at the mapping that should hold it.
-            if missing and hasattr(node, "lc"):
+            if hasattr(node, "lc"):
                 line = node.lc.line + 1
             parts.append(f".{part}" if parts else part)
         # else: a discriminator tag pydantic inserts into the path (e.g. 'token_length'): not in the file.
@@ -1337,9 +1337,9 @@ def validate(
     if artifacts_dir is not None:
         artifacts_dir.mkdir(parents=True, exist_ok=True)
 
+    clock = {"start": time.perf_counter()}
     records = records.reset_index(drop=True)
     d = _Derived(records, contract, tokenizer, cfg)
-    clock = {"start": time.perf_counter()}
     run = _GxRun(docs_dir)
     ns = run.ns
 
