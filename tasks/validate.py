@@ -1507,6 +1507,17 @@ def _jsonable(v):
     return v
 
 
+def tracking_artifacts(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(local path, MLflow artifact folder)`` pairs for a validate report: GX's result JSON, the rules table and
+    the Data Docs folder (log a folder with ``log_artifacts``, a file with ``log_artifact``). Works on the report of
+    a passed run (read from ``StageResult.report_uri``) and on ``ContractViolation.report``."""
+    arts = report.get("artifacts") or {}
+    out = [(arts[k], "validate") for k in ("gx_validation_results", "rules") if k in arts]
+    if "data_docs" in arts:
+        out.append((arts["data_docs"], "validate/data_docs"))
+    return [(p, dest) for p, dest in out if Path(p).exists()]
+
+
 def contract_fingerprint(cfg: ValidateConfig, tokenizer: str | None = None) -> str:
     """sha256 over the contract file, the files it names (labels, schema) and the tokenizer's files.
 

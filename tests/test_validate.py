@@ -22,6 +22,7 @@ from tasks.validate import (
     load_labels,
     pii_found,
     text_problems,
+    tracking_artifacts,
     validate,
     validate_task,
 )
@@ -421,6 +422,7 @@ def test_report_table_and_gx_artifacts_hold_no_text(tmp_path):
     for f in (tmp_path / "gx").rglob("*"):
         if f.is_file() and f.suffix in (".json", ".html"):
             assert CANARY not in f.read_text(errors="ignore"), f
+    assert {dest for _, dest in tracking_artifacts(out.report)} == {"validate", "validate/data_docs"}
     table = out.report["table"]
     for word in ("rule", "severity", "observed", "threshold", "result", "rows", "label_in_set"):
         assert word in table
