@@ -60,8 +60,11 @@ def _summary_markdown(cfg: RetrainConfig, counts: list[StageResult], evaluation,
             vals = [evaluation.metrics[m].get(k) for m in models]
             lines.append(f"| {k} | " + " | ".join("" if v is None else f"{v:.4f}" for v in vals) + " |")
     if registration is not None:
-        lines += ["", f"**Model** `{registration.model_name}` version {registration.version}, aliases "
-                  f"{', '.join(registration.aliases) or 'none'}; promoted: **{registration.promoted}**"]
+        lines += [
+            "",
+            f"**Model** `{registration.model_name}` version {registration.version}, aliases "
+            f"{', '.join(registration.aliases) or 'none'}; promoted: **{registration.promoted}**",
+        ]
         lines += [f"- {r}" for r in registration.reasons]
     return "\n".join(lines)
 

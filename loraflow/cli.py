@@ -84,14 +84,20 @@ def prepare(
 def _print_result(result: dict) -> None:
     typer.echo("")
     for stage, counts in result.get("counts", {}).items():
-        extra = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("quarantined_"))
-        typer.echo(f"  {stage:<9} rows_in={counts['rows_in']:<6} kept={counts['kept']:<6} "
-                   f"quarantined={counts['quarantined']}" + (f" ({extra})" if extra else ""))
+        extra = ", ".join(
+            f"{k.removeprefix('quarantined_')}={v}" for k, v in counts.items() if k.startswith("quarantined_")
+        )
+        typer.echo(
+            f"  {stage:<9} rows_in={counts['rows_in']:<6} kept={counts['kept']:<6} "
+            f"quarantined={counts['quarantined']}" + (f" ({extra})" if extra else "")
+        )
     for model, metrics in result.get("eval", {}).items():
         typer.echo(f"  eval {model:<10} " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
     if "version" in result:
-        typer.echo(f"  registered {result['model_name']} v{result['version']} aliases={result['aliases']} "
-                   f"promoted={result['promoted']}")
+        typer.echo(
+            f"  registered {result['model_name']} v{result['version']} aliases={result['aliases']} "
+            f"promoted={result['promoted']}"
+        )
     typer.echo(f"  MLflow run {result.get('mlflow_run_id')}  (browse: loraflow ui)")
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,22 @@ from tasks.core import DatasetRef, StageResult, read_records
 # MLflow 3 accepts param values up to 6,000 characters; longer ones are cut with a marker (and the full value
 # is in the config artifact anyway).
 _MAX_PARAM = 6000
-_PACKAGES = ("loraflow", "prefect", "mlflow", "torch", "transformers", "peft", "trl", "datasets",
-             "great-expectations", "presidio-analyzer", "presidio-anonymizer", "spacy", "datasketch", "pandas")
+_PACKAGES = (
+    "loraflow",
+    "prefect",
+    "mlflow",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "great-expectations",
+    "presidio-analyzer",
+    "presidio-anonymizer",
+    "spacy",
+    "datasketch",
+    "pandas",
+)
 
 
 def client():
@@ -57,9 +72,9 @@ def log_params(run_id: str, params: dict[str, str]) -> None:
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    from mlflow.entities import Metric
-
     import time
+
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
@@ -92,7 +107,9 @@ def log_dataset(run_id: str, ref: DatasetRef, name: str, context: str) -> None:
     df = read_records(ref)
     df["messages"] = [json.dumps(m, ensure_ascii=False) for m in df["messages"]]
     df["meta"] = [json.dumps(m, ensure_ascii=False) for m in df["meta"]]
-    ds = mlflow.data.from_pandas(df, source=ref.uri, name=name, digest=ref.sha256[:16])
+    with warnings.catch_warnings():  # a local path matches two equivalent source kinds; MLflow warns, then picks one
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(df, source=ref.uri, name=name, digest=ref.sha256[:16])
     entity = ds._to_mlflow_entity()
     tags = [InputTag("mlflow.data.context", context)]
     client().log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
@@ -102,8 +119,13 @@ def git_commit(cwd: str | Path = ".") -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
