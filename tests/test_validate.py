@@ -722,3 +722,10 @@ def test_a_doctored_demo_dataset_stops_the_run_before_training(tmp_path, request
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     assert client.search_registered_models() == []
+
+
+def test_every_rule_type_has_its_own_test():
+    from tasks.validate import RULE_TYPES
+
+    names = set(globals())
+    assert not [t for t in RULE_TYPES if not any(n == f"test_{t}" or n.startswith(f"test_{t}_") for n in names)]
