@@ -256,8 +256,9 @@ _NAME_CONTEXT = [
     ),
     (
         re.compile(
-            r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|(?i:call\s+me|it'?s\s+under|"
-            r"change\s+it\s+to)),?\s+"
+            r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|Cheers|Best|Contact|Name|From|Signed|"
+            r"Customer|Account holder|Cardholder|(?i:call\s+me|it'?s\s+under|"
+            r"change\s+it\s+to))[,:]?\s+"
             + _NOT_NAME
             + r"([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"
         ),
@@ -290,7 +291,16 @@ _NOT_PII = {
     "aud", "brl", "cad", "chf", "cny", "czk", "dkk", "hkd", "huf", "inr", "jpy", "krw", "mxn", "nok", "nzd",
     "pln", "ron", "rub", "sek", "sgd", "thb", "try", "zar", "aed", "btc", "eth", "usdt", "bitcoin", "ethereum",
 }  # fmt: skip
+_HAS_DIGIT = re.compile(r"\d")
+_HAS_SPACE = re.compile(r"\s")
 _NER_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME"}
+# Phone shapes phonenumbers rejects as unallocated (fictional 555 / 7700 900 ranges, typos) but that are
+# phone numbers all the same: international "+CC ...", US "(415) 555-0134", national trunk "0xx ...".
+_PHONE_SHAPES = [
+    (re.compile(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,8}(?:[ .-]\d{2,8}){1,4}(?:\s?x\d{1,5})?\b"), 0.5),
+    (re.compile(r"(?<!\w)\(\d{3}\)\s?\d{3}[ .-]\d{4}(?:\s?x\d{1,5})?\b"), 0.5),
+    (re.compile(r"(?<![\w/.-])0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}\b(?![/.-]\d)"), 0.4),
+]
 _AGE = [
     (re.compile(r"(?i)\b(\d{1,3})(?=[\s-]?(?:(?:years?|yrs?)[\s-]+old|y/?o\b))"), 0.6),
     (re.compile(r"(?i)\b(?:aged?|turn(?:ed|s|ing)?|age\s+is|age:)\s+(\d{1,3})\b"), 0.55),
@@ -362,6 +372,7 @@ def _make_recognizers(cfg: "PiiConfig"):
         RegexRecognizer("TITLE", [(_JOB_LINE, 0.4)], group=1, name="loraflow_job_title"),
         RegexRecognizer("ZIP_CODE", [(_ZIP_CONTEXT, 0.6)], group=1),
         RegexRecognizer("CREDIT_CARD", [(_CARD_CONTEXT, 0.5)], group=1, name="loraflow_card_context"),
+        RegexRecognizer("PHONE_NUMBER", _PHONE_SHAPES, name="loraflow_phone_shape"),
         RegexRecognizer("PERSON", _NAME_CONTEXT, group=1, name="loraflow_name_context"),
         ContextDateRecognizer(),
     ]
@@ -561,8 +572,10 @@ class PiiEngine:
             low = value.casefold().strip(" .,;:!?'\"")
             if low in _NOT_PII:
                 continue
-            if r.entity_type in _NER_TYPES and "_" in value:
-                continue  # snake_case labels and identifiers (intent names in assistant turns)
+            if r.entity_type in _NER_TYPES and (
+                "_" in value or (_HAS_DIGIT.search(value) and not _HAS_SPACE.search(value))
+            ):
+                continue  # snake_case labels, order / ticket ids ("ORD-12345", "TRX-1234-AB") the NER mistakes
             if r.entity_type == "PHONE_NUMBER" and (
                 _DATE.fullmatch(value) or (value.isdigit() and r.score < 0.5 and not value.startswith("0"))
             ):
