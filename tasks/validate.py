@@ -221,6 +221,23 @@ class CleanTextRule(_Rule):
     mojibake: bool = Field(True, description="Flag text that looks mis-decoded (ftfy's badness heuristic).")
 
 
+class LabelCoverageRule(_Rule):
+    """Every allowed label occurs in the data (a missing class means a source was cut or filtered wrongly)."""
+
+    rule: Literal["label_coverage"]
+    labels: list[str] | None = Field(None, description="The labels that must all occur, inline.")
+    labels_file: str | None = Field(
+        None, description="A JSON list (or a text file, one label per line), relative to the repository."
+    )
+    level: ClassVar[str] = "dataset"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.labels is None) == (self.labels_file is None):
+            raise ValueError("give exactly one of `labels` and `labels_file`")
+        return self
+
+
 class MinRowsRule(_Rule):
     """The dataset (after row quarantine) has at least ``min`` rows."""
 
@@ -308,6 +325,7 @@ Rule = Annotated[
     | ClassBalanceRule
     | DuplicateRateRule
     | LengthPercentilesRule
+    | LabelCoverageRule
     | SplitSizesRule,
     Field(discriminator="rule"),
 ]
@@ -325,6 +343,7 @@ RULE_TYPES = (
     "class_balance",
     "duplicate_rate",
     "length_percentiles",
+    "label_coverage",
     "split_sizes",
 )
 
@@ -491,8 +510,8 @@ def _rule_where(contract: Contract, rule: _Rule) -> str:
     return f"{contract.path}, line {line}" if line else contract.path
 
 
-def load_labels(contract: Contract, rule: LabelInSetRule) -> list[str] | None:
-    """The allowed labels of a ``label_in_set`` rule (None for ``from_data``)."""
+def load_labels(contract: Contract, rule: "LabelInSetRule | LabelCoverageRule") -> list[str] | None:
+    """The allowed labels of a ``label_in_set`` / ``label_coverage`` rule (None for ``from_data``)."""
     if rule.labels == "from_data":
         return None
     if rule.labels is not None:
@@ -1102,6 +1121,9 @@ def _compile(rule: _Rule, d: _Derived, frame: dict[str, list], ns: dict, contrac
         return E.ExpectColumnValuesToBeNull(column=col, **kw)
     if isinstance(rule, MinRowsRule):
         return E.ExpectTableRowCountToBeBetween(min_value=rule.min, **kw)
+    if isinstance(rule, LabelCoverageRule):
+        frame[col] = d.label()
+        return E.ExpectColumnDistinctValuesToContainSet(column=col, value_set=load_labels(contract, rule), **kw)
     if isinstance(rule, MinRowsPerClassRule):
         frame[col] = d.label()  # replaced by the class size over the rows of the phase (see _phase_frame)
         return E.ExpectColumnValuesToBeBetween(column=col, min_value=rule.min, **kw)
@@ -1163,6 +1185,8 @@ def _threshold(rule: _Rule, contract: Contract) -> str:
         )
     if isinstance(rule, MinRowsRule):
         return f"≥ {rule.min} rows"
+    if isinstance(rule, LabelCoverageRule):
+        return f"all {len(load_labels(contract, rule))} labels occur"
     if isinstance(rule, MinRowsPerClassRule):
         return f"≥ {rule.min} rows/class"
     if isinstance(rule, ClassBalanceRule):
@@ -1208,6 +1232,12 @@ def _summarise(rule: _Rule, res, col: pd.Series | None, ids: pd.Series, cfg: Val
         observed = f"{n_fail} rows, {unknown} unknown label(s)"
     elif isinstance(rule, MinRowsRule):
         observed = f"{int(r.get('observed_value', 0))} rows"
+        examples = []
+    elif isinstance(rule, LabelCoverageRule):
+        wanted = set(res.expectation_config.kwargs["value_set"])
+        missing = sorted(wanted - set(col)) if col is not None else []
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        observed = f"{len(missing)} of {len(wanted)} labels missing" + (f": {shown}" if missing else "")
         examples = []
     elif isinstance(rule, MinRowsPerClassRule):
         observed = (

@@ -729,3 +729,11 @@ def test_every_rule_type_has_its_own_test():
 
     names = set(globals())
     assert not [t for t in RULE_TYPES if not any(n == f"test_{t}" or n.startswith(f"test_{t}_") for n in names)]
+
+
+def test_label_coverage(tmp_path):
+    cfg = contract(tmp_path, R("label_coverage", "block", labels=["card_not_arrived", "card_declined"]))
+    err = _blocked(cfg, distinct(3))
+    assert "1 of 2 labels missing: card_declined" in str(err)
+    ok = distinct(2) + [rec(user="Declined", answer="card_declined")]
+    assert validate(frame(*ok), cfg).report["rules"][0]["passed"]
