@@ -230,7 +230,7 @@ _ADDRESS_TAIL = re.compile(
     r"((?:the\s+corner\s+of\s+)?\d[^?!;]{3,150}?)(?=\s*(?:[?!;]|\.\s+[A-Z]|\.?\s*$|\n\n))"
 )
 _ZIP = re.compile(
-    r"\b(?:\d{5}(?:-\d{4})?|\d{3}\s\d{2}|\d{4}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b"
+    r"(?<![$€£¥.,\d])\b(?:\d{5}(?:-\d{4})?|\d{3}\s\d{2}|\d{4}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})\b(?![.,]\d)"
 )
 _ZIP_CONTEXT = re.compile(
     r"(?i)\b(?:zip|postal|post|postcode|zipcode)(?:\s*code)?(?:\s+is)?\s*[:#-]?\s*"
@@ -265,6 +265,21 @@ _NAME_CONTEXT = [
         0.4,
     ),
 ]
+_NAME_CONTEXT.append(
+    (re.compile(r"\b([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ][\w'-]+){1,2})\s+(?:here|writing|speaking)\b"), 0.4)
+)
+# IBANs written in lower case or with odd spacing ("gb14 loyd 7303 ..."), kept only when the mod-97 check passes.
+_IBAN_ANY = re.compile(r"(?i)\b[a-z]{2}\d{2}(?:[ -]?[a-z0-9]{4}){2,7}(?:[ -]?[a-z0-9]{1,4})?\b")
+
+
+def _iban_ok(value: str) -> bool:
+    v = re.sub(r"[ -]", "", value).upper()
+    if not 15 <= len(v) <= 34:
+        return False
+    digits = "".join(str(int(c, 36)) for c in v[4:] + v[:4])
+    return int(digits) % 97 == 1
+
+
 _JOB_HEADS = (
     r"manager|engineer|consultant|technician|administrator|director|cleaner|operator|controller|distributor|"
     r"installer|assistant|officer|analyst|designer|developer|nurse|teacher|clerk|specialist|coordinator|"
@@ -330,9 +345,10 @@ def _make_recognizers(cfg: "PiiConfig"):
     class RegexRecognizer(LocalRecognizer):
         """Regexes with a score each; ``group`` picks the reported part of the match."""
 
-        def __init__(self, entity: str, patterns, group: int = 0, name: str | None = None):
+        def __init__(self, entity: str, patterns, group: int = 0, name: str | None = None, validate=None):
             self.patterns = [(re.compile(p) if isinstance(p, str) else p, s) for p, s in patterns]
             self.group = group
+            self.validate = validate
             super().__init__(supported_entities=[entity], name=name or f"loraflow_{entity.lower()}")
 
         def load(self) -> None:
@@ -344,7 +360,7 @@ def _make_recognizers(cfg: "PiiConfig"):
                 for m in rx.finditer(text):
                     g = self.group if m.lastindex and self.group <= (m.lastindex or 0) else 0
                     s, e = m.span(g)
-                    if e > s:
+                    if e > s and (self.validate is None or self.validate(text[s:e])):
                         out.append(RecognizerResult(self.supported_entities[0], s, e, score))
             return out
 
@@ -373,6 +389,7 @@ def _make_recognizers(cfg: "PiiConfig"):
         RegexRecognizer("ZIP_CODE", [(_ZIP_CONTEXT, 0.6)], group=1),
         RegexRecognizer("CREDIT_CARD", [(_CARD_CONTEXT, 0.5)], group=1, name="loraflow_card_context"),
         RegexRecognizer("PHONE_NUMBER", _PHONE_SHAPES, name="loraflow_phone_shape"),
+        RegexRecognizer("IBAN_CODE", [(_IBAN_ANY, 0.8)], name="loraflow_iban_any_case", validate=_iban_ok),
         RegexRecognizer("PERSON", _NAME_CONTEXT, group=1, name="loraflow_name_context"),
         ContextDateRecognizer(),
     ]
