@@ -44,6 +44,7 @@ def quarterly_retrain(
     feedback_source: str | None = None,
     timezone: str = "UTC",
     dry_run: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Backfill feedback for [feedback_since, day), then retrain with ``config``.
 
@@ -54,11 +55,12 @@ def quarterly_retrain(
         feedback_source: Feedback store URL. Empty: the store under the loraflow home.
         timezone: IANA timezone the run date is read in (the schedule's own timezone).
         dry_run: Backfill, then run the data stages only (no training, no registration).
+        overrides: Config values to change for this run, as key.path=value (e.g. train.max_steps=200).
     """
     logger = get_run_logger()
     end = run_date(timezone, day)
     start = feedback_since or previous_quarter_start(end)
     logger.info("quarterly retrain for %s: backfill feedback %s → %s, then retrain with %s", end, start, end, config)
     backfill = backfill_feedback(start, end, source=feedback_source, config=config)
-    result = retrain(RetrainParams(config=config, dry_run=dry_run))
+    result = retrain(RetrainParams(config=config, dry_run=dry_run, overrides=list(overrides or [])))
     return {"day": end.isoformat(), "backfill": backfill["totals"], "retrain": result}

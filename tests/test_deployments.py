@@ -210,7 +210,7 @@ def test_retrain_triggered_through_the_api_with_overrides(prefect_server, reques
     try:
         dep = _api(api, "GET", "/deployments/name/retrain/retrain")
         params = {"config": "configs/tiny.yaml", "base_model": tiny_model, "lora_r": 4, "lora_alpha": 8,
-                  "max_steps": 3, "learning_rate": 0.003}  # fmt: skip
+                  "max_steps": 3, "learning_rate": 0.003, "overrides": ["validate.contract=tiny"]}  # fmt: skip
         run = _api(api, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"params": params}})
         final = _wait_final(api, run["id"], timeout=900)
         log = (home / "worker.log").read_text(errors="replace")
@@ -231,6 +231,7 @@ def test_retrain_triggered_through_the_api_with_overrides(prefect_server, reques
     assert float(p["train.learning_rate"]) == 0.003
     assert p["train.base_model"] == tiny_model
     assert json.loads(p["flow.params"])["lora_r"] == 4
+    assert p["validate.contract"] == "tiny"
 
 
 def _chromium() -> str:
@@ -309,7 +310,8 @@ def test_quarterly_retrain_through_the_api(prefect_server):
     worker = start_worker(env={**env, "PREFECT_API_URL": api}, log=home / "worker-quarterly.log", cwd=ROOT)
     try:
         dep = _api(api, "GET", "/deployments/name/quarterly-retrain/quarterly-retrain")
-        body = {"parameters": {"config": "configs/tiny.yaml", "day": "2026-07-03", "dry_run": True}}
+        body = {"parameters": {"config": "configs/tiny.yaml", "day": "2026-07-03", "dry_run": True,
+                               "overrides": ["validate.contract=tiny"]}}  # fmt: skip
         run = _api(api, "POST", f"/deployments/{dep['id']}/create_flow_run", body)
         final = _wait_final(api, run["id"], timeout=900)
         log = (home / "worker-quarterly.log").read_text(errors="replace")
