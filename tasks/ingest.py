@@ -120,7 +120,7 @@ def to_messages(obj: Any, fmt: Format, system_prompt: str | None) -> list[dict[s
                 "unknown_shape", "object has none of messages / instruction+output / prompt+completion"
             )
     if fmt == "chat":
-        messages = _check_messages(obj["messages"] if "messages" in obj else None)
+        messages = _check_messages(obj.get("messages"))
     elif fmt == "alpaca":
         instruction, inp = _str_field(obj, "instruction"), _str_field(obj, "input", required=False)
         output = _str_field(obj, "output")
