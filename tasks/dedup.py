@@ -75,14 +75,14 @@ class DedupConfig(StrictModel):
     )
     near_duplicates: bool = Field(True, description="Also remove near duplicates (MinHash + LSH, verified).")
     threshold: float = Field(
-        0.72,
+        0.75,
         gt=0.0,
         le=1.0,
         description="Verified similarity at or above which a candidate pair is a near duplicate. Short texts: "
         "mean of character-shingle Jaccard and Indel ratio; long texts: word-shingle Jaccard.",
     )
     lsh_threshold: float = Field(
-        0.35,
+        0.45,
         gt=0.0,
         lt=1.0,
         description="Estimated shingle Jaccard the LSH bands are tuned for. Lower than `threshold` on purpose: "
@@ -287,9 +287,11 @@ def minhash_signatures(hash_lists: list[np.ndarray], perms: tuple[np.ndarray, np
         chunk = hash_lists[i:j]
         lens = np.fromiter((len(x) for x in chunk), dtype=np.int64, count=len(chunk))
         hv = _fmix(np.concatenate(chunk).astype(np.uint32), 32)
-        phv = hv[:, None] * a[None, :] + b[None, :]
+        # (num_perm x shingles) layout: the min-reduction then runs along contiguous memory (~20x faster).
+        phv = a[:, None] * hv[None, :]
+        phv += b[:, None]
         offsets = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        sig[i:j] = np.minimum.reduceat(phv, offsets, axis=0)
+        sig[i:j] = np.minimum.reduceat(phv, offsets, axis=1).T
         i = j
     return sig
 
@@ -394,9 +396,12 @@ def similarity(a: str, b: str, cfg: DedupConfig) -> float:
         return len(sa & sb) / len(sa | sb)
     from rapidfuzz import fuzz
 
+    ratio = fuzz.ratio(a, b) / 100.0
+    if 0.5 * (1.0 + ratio) < cfg.threshold:
+        return 0.5 * ratio  # cannot reach the threshold whatever the Jaccard: skip building shingle sets
     sa, sb = _shingle_set(a, "char", cfg), _shingle_set(b, "char", cfg)
     jac = len(sa & sb) / len(sa | sb)
-    return 0.5 * (jac + fuzz.ratio(a, b) / 100.0)
+    return 0.5 * (jac + ratio)
 
 
 # --------------------------------------------------------------------------------------------- engine
