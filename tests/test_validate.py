@@ -703,7 +703,7 @@ def test_a_doctored_demo_dataset_stops_the_run_before_training(tmp_path, request
         if not Path(model, "tokenizer.json").exists():
             pytest.skip("no base model to count tokens with")
     doctored = tmp_path / "tickets_truncated.jsonl"
-    doctored.write_text("".join((REPO / "examples/demo/tickets_chat.jsonl").read_text().splitlines(True)[:30]))
+    doctored.write_bytes(b"".join((REPO / "examples/demo/tickets_chat.jsonl").read_bytes().splitlines(True)[:30]))
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(LORAFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
