@@ -417,13 +417,19 @@ def _phone_recognizer(regions: list[str]):
         def analyze(self, text, entities, nlp_artifacts=None):
             out = []
             for m in _PHONE_CANDIDATE.finditer(text):
+                digits = sum(c.isdigit() for c in m.group(0))
+                if not 7 <= digits <= 15 or _DATE.fullmatch(m.group(0)):
+                    continue  # phone numbers have 7-15 digits (E.164); dates are not phones
                 a, b = max(0, m.start() - 1), min(len(text), m.end() + 1)
-                for r in super().analyze(text[a:b], entities, None) or []:
+                # "+CC ..." parses the same whatever the default region: one pass instead of one per region.
+                rec = international if m.group(0).startswith("+") else super()
+                for r in rec.analyze(text[a:b], entities, None) or []:
                     r.start += a
                     r.end += a
                     out.append(r)
             return out
 
+    international = PhoneRecognizer(supported_regions=(regions[0] if regions else "US",))
     return WindowedPhoneRecognizer(supported_regions=tuple(regions))
 
 
