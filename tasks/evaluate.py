@@ -170,6 +170,119 @@ def generate_answers(
     return answers
 
 
+def score_all(
+    model,
+    tokenizer,
+    prompt_texts: list[str],
+    full_texts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    trie: LabelTrie | None = None,
+) -> tuple[list[str], list[str] | None, float]:
+    """Free answers, constrained answers (when ``trie``) and answer loss, sharing one prompt prefill per batch.
+
+    The prompt (minus its last token) is run once with the KV cache on; free and constrained generation each
+    continue from a copy of that cache, and the answer loss feeds the last prompt token + the answer tokens on
+    top of it. Same results as :func:`generate_answers` + :func:`answer_loss` (a test checks it), at about a
+    third of the prompt compute.
+    """
+    import copy
+
+    import torch
+
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if end_id is None or end_id == tokenizer.unk_token_id:
+        end_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompt_texts]
+    answers_ids = [
+        tokenizer(f[len(p) :], add_special_tokens=False)["input_ids"] if f.startswith(p) else []
+        for p, f in zip(prompt_texts, full_texts, strict=True)
+    ]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    free: list[str] = [""] * len(prompts)
+    constrained: list[str] | None = [""] * len(prompts) if trie is not None else None
+    total_loss, total_tokens = 0.0, 0
+
+    def decode(out, width: int, idx: list[int], into: list[str]) -> None:
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            if end_id in new:
+                new = new[: new.index(end_id)]
+            into[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    for idx in _batches(order, batch_size):
+        n, width = len(idx), max(len(prompts[i]) for i in idx)
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gen = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "do_sample": False,
+            "num_beams": 1,
+            "eos_token_id": end_id,
+            "pad_token_id": pad_id,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        with torch.inference_mode():
+            prefill = model(
+                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True
+            ).past_key_values
+            out = model.generate(**gen, past_key_values=copy.deepcopy(prefill), max_new_tokens=max_new_tokens)
+            decode(out, width, idx, free)
+            if trie is not None:
+
+                def allowed(batch_id, sent, _w=width):
+                    return trie.allowed(sent[_w:].tolist())
+
+                out = model.generate(
+                    **gen,
+                    past_key_values=copy.deepcopy(prefill),
+                    max_new_tokens=trie_max(trie),
+                    prefix_allowed_tokens_fn=allowed,
+                )
+                decode(out, width, idx, constrained)
+            # Answer loss: last prompt token + answer tokens (right-padded) on top of the prompt cache.
+            alen = max(len(answers_ids[i]) for i in idx)
+            if alen == 0:
+                continue
+            tail = torch.full((n, alen + 1), pad_id, dtype=torch.long)
+            tail_mask = torch.zeros((n, alen + 1), dtype=torch.long)
+            labels = torch.full((n, alen), -100, dtype=torch.long)
+            for row, i in enumerate(idx):
+                a = answers_ids[i]
+                tail[row, 0] = ids[row, -1]
+                tail_mask[row, 0] = 1
+                if a:
+                    tail[row, 1 : 1 + len(a)] = torch.tensor(a)
+                    tail_mask[row, 1 : 1 + len(a)] = 1
+                    labels[row, : len(a)] = torch.tensor(a)
+            tail_pos = pos[:, -1:] + torch.arange(alen + 1).unsqueeze(0)
+            logits = (
+                model(
+                    input_ids=tail,
+                    attention_mask=torch.cat([mask[:, :-1], tail_mask], dim=1),
+                    position_ids=tail_pos,
+                    past_key_values=prefill,
+                    use_cache=True,
+                )
+                .logits[:, :-1]
+                .float()
+            )
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total_loss += float(loss)
+            total_tokens += int((labels != -100).sum())
+    return free, constrained, (total_loss / total_tokens if total_tokens else float("nan"))
+
+
 def answer_loss(model, tokenizer, prompt_texts: list[str], full_texts: list[str], batch_size: int) -> float:
     """Mean cross-entropy per answer token (answer = full text minus prompt, i.e. ``label<|im_end|>\\n``)."""
     import torch
@@ -318,13 +431,15 @@ def evaluate_models(
             scored = peft_model if peft_model is not None else model
             ctx = peft_model.disable_adapter() if peft_model is not None else _nullcontext()
         with ctx:
-            free = generate_answers(scored, tokenizer, prompt_texts, max_new, cfg.batch_size)
-            constrained = (
-                generate_answers(scored, tokenizer, prompt_texts, trie_max(trie), cfg.batch_size, trie=trie)
-                if classification and cfg.constrained
-                else None
+            free, constrained, loss = score_all(
+                scored,
+                tokenizer,
+                prompt_texts,
+                full_texts,
+                max_new,
+                cfg.batch_size,
+                trie=trie if classification and cfg.constrained else None,
             )
-            loss = answer_loss(scored, tokenizer, prompt_texts, full_texts, cfg.batch_size)
         correct = [p == t for p, t in zip(free, targets, strict=True)]
         m = {"accuracy": sum(correct) / len(df), "test_loss": float(loss)}
         if classification:

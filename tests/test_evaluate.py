@@ -129,3 +129,30 @@ def test_adapters_attach_and_detach_without_reloading(tiny_model_dir, tmp_path):
     )
     assert res.metrics["base"] == res.metrics["base_again"]
     assert res.metrics["candidate"]["test_loss"] != pytest.approx(res.metrics["base"]["test_loss"], abs=1e-6)
+
+
+def test_shared_prefill_matches_separate_passes(tiny_model_dir, base_tokenizer_dir):
+    """score_all (one prompt prefill per batch) gives the same answers and loss as three separate passes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.evaluate import answer_loss, generate_answers, score_all
+
+    tok = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    labels = ["card_declined", "refund_not_received", "transfer_failed"]
+    msgs = [
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "x " * (1 + i * 3) + "help"}]
+        for i in range(7)
+    ]
+    prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
+    fulls = [
+        tok.apply_chat_template([*m, {"role": "assistant", "content": labels[i % 3]}], tokenize=False)
+        for i, m in enumerate(msgs)
+    ]
+    trie = LabelTrie(label_token_ids(tok, labels), tok.convert_tokens_to_ids("<|im_end|>"))
+    free, constrained, loss = score_all(model, tok, prompts, fulls, 5, 3, trie=trie)
+    assert free == generate_answers(model, tok, prompts, 5, 3)
+    assert constrained == generate_answers(model, tok, prompts, 6, 3, trie=trie)
+    assert set(constrained) <= set(labels)
+    assert loss == pytest.approx(answer_loss(model, tok, prompts, fulls, 3), rel=1e-4)
