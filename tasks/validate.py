@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -1236,7 +1237,7 @@ def _summarise(rule: _Rule, res, col: pd.Series | None, ids: pd.Series, cfg: Val
     elif isinstance(rule, LabelCoverageRule):
         wanted = set(res.expectation_config.kwargs["value_set"])
         missing = sorted(wanted - set(col)) if col is not None else []
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
         observed = f"{len(missing)} of {len(wanted)} labels missing" + (f": {shown}" if missing else "")
         examples = []
     elif isinstance(rule, MinRowsPerClassRule):
@@ -1366,6 +1367,8 @@ def validate(
     docs_dir = artifacts_dir / "data_docs" if artifacts_dir is not None and cfg.data_docs else None
     if artifacts_dir is not None:
         artifacts_dir.mkdir(parents=True, exist_ok=True)
+        if docs_dir is not None and docs_dir.exists():
+            shutil.rmtree(docs_dir)  # one run's Data Docs, not every earlier run's on the same data
 
     clock = {"start": time.perf_counter()}
     records = records.reset_index(drop=True)
