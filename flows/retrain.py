@@ -9,6 +9,7 @@ import yaml
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
+from flows.backfill import backfill_feedback
 from flows.config import RetrainConfig, flatten, load_config
 from flows.params import RetrainParams
 from tasks import tracking
@@ -87,6 +88,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
     from tasks.base_model import resolve_base_model
 
     logger = get_run_logger()
+    if params.feedback_start and params.feedback_end:
+        backfill_feedback(params.feedback_start, params.feedback_end, config=params.config)
     cfg = resolve_config(params)
     base = resolve_base_model(cfg.train.base_model)
     out_dir = str(data_root() / cfg.name)

@@ -5,6 +5,7 @@ and exits non-zero, without a traceback; anything else is a bug and keeps its tr
 """
 
 import logging
+from datetime import datetime
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -46,14 +47,14 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def run_retrain(config: Path, overrides: list[str], dry_run: bool = False) -> dict:
+def run_retrain(config: Path, overrides: list[str], dry_run: bool = False, **fields) -> dict:
     configure_environment()
     from flows.params import RetrainParams
     from flows.retrain import retrain
     from tasks.core import StageError
 
     _quiet_user_errors()
-    params = RetrainParams(config=str(config), overrides=overrides, dry_run=dry_run)
+    params = RetrainParams(config=str(config), overrides=overrides, dry_run=dry_run, **fields)
     try:
         return retrain(params)
     except StageError as e:
@@ -66,9 +67,18 @@ def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Config YAML.")] = Path("configs/demo.yaml"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.max_steps=20.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Data stages only.")] = False,
+    feedback_start: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Backfill feedback from this day first.")
+    ] = None,
+    feedback_end: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="... up to this day (exclusive).")
+    ] = None,
 ) -> None:
     """Run the whole retrain flow: ingest → scrub_pii → dedup → validate → split → train → evaluate → register."""
-    result = run_retrain(config, set_ or [], dry_run)
+    window = {}
+    if feedback_start and feedback_end:
+        window = {"feedback_start": feedback_start.date(), "feedback_end": feedback_end.date()}
+    result = run_retrain(config, set_ or [], dry_run, **window)
     _print_result(result)
 
 
