@@ -5,8 +5,8 @@ and exits non-zero, without a traceback; anything else is a bug and keeps its tr
 """
 
 import logging
-from datetime import datetime
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
