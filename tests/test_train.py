@@ -104,3 +104,20 @@ def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir, splits, tmp_path):
 def test_unknown_config_key_is_rejected():
     with pytest.raises(ValueError, match="lora_rank"):
         TrainConfig(lora_rank=8)
+
+
+def test_lora_layers_limits_adapter_to_top_layers(tiny_model_dir, splits, tmp_path):
+    cfg = TrainConfig(
+        base_model=str(tiny_model_dir),
+        max_steps=1,
+        batch_size=4,
+        lora_r=2,
+        lora_layers=1,
+        max_length=64,
+        target_modules=["q_proj"],
+        max_val_rows=1,
+    )
+    res = train_adapter(*splits, cfg, str(tmp_path / "a"))
+    keys = load_file(str(tmp_path / "a" / "adapter_model.safetensors")).keys()
+    assert keys and all(".layers.1." in k and "q_proj" in k for k in keys), sorted(keys)
+    assert res.trainable_params == 2 * 16 + 16 * 2  # A (r x in 16) + B (out 16 x r) for q_proj of layer 1 only
