@@ -1323,6 +1323,21 @@ def format_rules_table(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def rules_markdown(report: dict[str, Any]) -> str:
+    """The rules table as Markdown (for a Prefect markdown artifact or a PR comment)."""
+    c = report.get("contract", {})
+    lines = [
+        f"**Data contract `{c.get('name', '?')}`** ({c.get('path', '?')})",
+        "",
+        "| rule | severity | observed | threshold | result | rows affected |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for r in report.get("rules", []):
+        cells = [r["rule"], r["severity"], r["observed"], r["threshold"], _status(r["passed"], r["severity"])]
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + f" | {r['rows_affected']} |")
+    return "\n".join(lines)
+
+
 def _block_message(contract: Contract, failed: list[dict[str, Any]]) -> str:
     parts = []
     for r in failed:
@@ -1518,6 +1533,7 @@ def validate(
         "warnings": [r["rule"] for r in rows_out if not r["passed"] and r["severity"] == "warn"],
     }
     report["table"] = format_rules_table(report)
+    report["table_markdown"] = rules_markdown(report)
     metrics = {
         "rules_passed": float(sum(r["passed"] for r in rows_out)),
         "rules_failed": float(sum(not r["passed"] for r in rows_out)),

@@ -423,6 +423,7 @@ def test_report_table_and_gx_artifacts_hold_no_text(tmp_path):
         if f.is_file() and f.suffix in (".json", ".html"):
             assert CANARY not in f.read_text(errors="ignore"), f
     assert {dest for _, dest in tracking_artifacts(out.report)} == {"validate", "validate/data_docs"}
+    assert "| label_in_set | quarantine |" in out.report["table_markdown"]
     table = out.report["table"]
     for word in ("rule", "severity", "observed", "threshold", "result", "rows", "label_in_set"):
         assert word in table
