@@ -313,6 +313,7 @@ _NOT_PII = {
 }  # fmt: skip
 _HAS_DIGIT = re.compile(r"\d")
 _HAS_SPACE = re.compile(r"\s")
+_ID_SENSITIVE = {"PERSON", "ORGANIZATION", "LOCATION", "NRP"}
 _NER_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME"}
 # Phone shapes phonenumbers rejects as unallocated (fictional 555 / 7700 900 ranges, typos) but that are
 # phone numbers all the same: international "+CC ...", US "(415) 555-0134", national trunk "0xx ...".
@@ -600,7 +601,7 @@ class PiiEngine:
             low = value.casefold().strip(" .,;:!?'\"")
             if low in _NOT_PII:
                 continue
-            if r.entity_type in _NER_TYPES and (
+            if r.entity_type in _ID_SENSITIVE and (
                 "_" in value or (_HAS_DIGIT.search(value) and not _HAS_SPACE.search(value))
             ):
                 continue  # snake_case labels, order / ticket ids ("ORD-12345", "TRX-1234-AB") the NER mistakes
