@@ -342,12 +342,134 @@ def plot(curve: dict, sweep: dict, ex, lf, th: float, path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- scale
-def scale(args):
-    raise NotImplementedError
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "be", "do", "fa", "gu", "ha", "ji", "pe", "qu",
+             "ri", "su", "te", "wo", "xa", "yo", "ze", "an", "el", "is", "on", "ur"]  # fmt: skip
 
 
-def scale_one(args):
-    raise NotImplementedError
+def synthetic(n: int, dup_rate: float = 0.10, seed: int = SEED) -> tuple[pd.DataFrame, int]:
+    """n records, exactly round(n * dup_rate) of them planted duplicates of another record.
+
+    Originals are 6-12 pseudo-words drawn from a 20,000-word vocabulary (so two originals share almost no
+    character 4-grams: they are distinct); half the duplicates differ from their original only in casing /
+    punctuation (exact after normalisation), half by one typo or one inserted filler word (near duplicates).
+    """
+    rng = np.random.default_rng(seed)
+    syl = np.array(SYLLABLES)
+    vocab = ["".join(rng.choice(syl, size=rng.integers(2, 5))) for _ in range(20_000)]
+    n_dup = round(n * dup_rate)
+    n_orig = n - n_dup
+    lengths = rng.integers(6, 13, size=n_orig)
+    words = rng.integers(0, len(vocab), size=int(lengths.sum()))
+    texts, k = [], 0
+    for ln in lengths:
+        texts.append(" ".join(vocab[w] for w in words[k : k + ln]) + "?")
+        k += ln
+    r = random.Random(seed)
+    srcs = rng.integers(0, n_orig, size=n_dup)
+    for j, s in enumerate(srcs):
+        t = texts[s]
+        if j % 2 == 0:
+            t = r.choice([str.upper, str.capitalize, lambda x: x.rstrip("?") + "!!"])(t)
+        else:
+            t = r.choice([typo, insert_word])(r, t)
+        texts.append(t)
+    labels = [f"intent_{i % 77}" for i in range(n_orig)] + [f"intent_{s % 77}" for s in srcs]
+    msgs = [
+        json.dumps([{"role": "user", "content": t}, {"role": "assistant", "content": lab}])
+        for t, lab in zip(texts, labels, strict=True)
+    ]
+    order = rng.permutation(n)
+    df = pd.DataFrame(
+        {
+            # the id says where a row came from: planted duplicates are the ids >= n_orig
+            "id": [f"{i:016x}" for i in order],
+            "messages": [msgs[i] for i in order],
+            "source": "synthetic",
+            "created_at": "",
+            "meta": "{}",
+        }
+    )
+    return df, n_dup
+
+
+def tree_rss_peak(proc: subprocess.Popen, every: float = 0.1) -> int:
+    """Peak of the summed RSS of ``proc`` and all its descendants (the signature workers), sampled."""
+    import psutil
+
+    peak = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+        except psutil.Error:
+            pass
+        time.sleep(every)
+    return peak
+
+
+def scale(args) -> int:
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    print("| records | planted duplicates | removed | wall time | peak RSS, all processes | peak RSS, main | rows/s |")
+    print("|---|---|---|---|---|---|---|")
+    for n in args.sizes:
+        src = work / f"synthetic-{n}.parquet"
+        df, n_dup = synthetic(n)
+        df.to_parquet(src, index=False)
+        del df
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "scale-one", str(src), str(work / f"out-{n}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        peak = tree_rss_peak(proc)
+        out, err = proc.communicate()
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            print(err[-3000:])
+            return 1
+        proc.stdout = out
+        res = json.loads(out.strip().splitlines()[-1])
+        q = pd.read_parquet(res["quarantine"], columns=["id"])
+        correct = int((q["id"].map(lambda x: int(x, 16)) >= n - n_dup).sum())
+        print(
+            f"| {n:,} | {n_dup:,} | {res['removed']:,} ({correct:,} planted) | {wall:.0f} s | {peak / 2**20:,.0f} MB | "
+            f"{res['rss_self_mb']:,.0f} MB | {n / wall:,.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+def scale_one(args) -> int:
+    from tasks.dedup import dedup_parquet
+
+    t = time.perf_counter()
+    res = dedup_parquet(args.src, DedupConfig(), args.out)
+    dt = time.perf_counter() - t
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "seconds": dt,
+                "removed": res.counts["quarantined"],
+                "quarantine": res.quarantine.uri,
+                "counts": res.counts,
+                "rss_self_mb": self_kb / 1024,
+                "rss_children_mb": child_kb / 1024,
+            }
+        )
+    )
+    return 0
 
 
 def main(argv=None) -> int:

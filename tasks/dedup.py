@@ -604,8 +604,6 @@ def run_engine(
     counts = Counter(reason[reason != ""])
     metrics.update(
         {
-            "dedup.rows_in": n,
-            "dedup.kept": int((reason == "").sum()),
             "dedup.exact_removed": int(((reason == "exact_duplicate")).sum()),
             "dedup.near_dups_removed": int((reason == "near_duplicate").sum()),
             "dedup.test_leaks": int(counts.get("test_leak", 0)),
@@ -754,6 +752,184 @@ def _outcome(records: pd.DataFrame, dec: Decisions, ids: np.ndarray, cfg: DedupC
     )
     report = {**dec.report, "config": cfg.model_dump()}
     return StageOutcome(kept=records.iloc[np.flatnonzero(~drop)], quarantined=quarantined, report=report, metrics=dec.metrics)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+
+def _iter_batches(path: str, columns: list[str], batch_rows: int):
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def _decode(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def dedup_parquet(
+    src: str | Path,
+    cfg: DedupConfig,
+    out_dir: str | Path,
+    split_cfg: SplitConfig | None = None,
+) -> StageResult:
+    """The streaming path: dedup a records Parquet file too large to hold as a DataFrame.
+
+    Three passes over the file in ``cfg.batch_rows`` batches: (1) keys, ranks and LSH band keys (signatures in
+    a process pool); (2) the texts of the candidate rows only, for verification; (3) the kept rows copied batch by
+    batch to the output and the dropped ones to the quarantine file. Resident memory is the per-row arrays
+    (~``8 x bands + 60`` bytes a row) plus one batch, never the whole text. Outputs, counts and report match
+    :func:`tasks.core.finish_stage` (``dedup-<digest>.parquet``, ``.quarantine.parquet``, ``.report.json``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.core import QUARANTINE_COLUMNS, RECORD_COLUMNS, atomic_write_parquet, file_sha256
+
+    src = str(src)
+    n = pq.ParquetFile(src).metadata.num_rows
+    test = np.zeros(n, dtype=bool)
+    if split_cfg is not None and cfg.decontaminate and n:
+        light = pq.read_table(src, columns=["id", "meta"]).to_pandas()
+        light["meta"] = [_decode(m) for m in light["meta"]]
+        test = test_mask(light, split_cfg).to_numpy(dtype=bool)
+        del light
+
+    u = np.uint64
+    ex, pr, tg, raw = (np.zeros(n, dtype=u) for _ in range(4))
+    empty = np.zeros(n, dtype=bool)
+    ids = np.empty(n, dtype=object)
+    created: list[str] = []
+    sources: list[str] = []
+    long_rows: list[int] = []
+    bands_parts: list[np.ndarray] = []
+    bander = _Bander(cfg, n) if cfg.near_duplicates else None
+
+    def pass1():
+        pos = 0
+        for batch in _iter_batches(src, ["id", "messages", "source", "created_at"], cfg.batch_rows):
+            d = batch.to_pydict()
+            texts, kinds = [], []
+            for j, msgs in enumerate(d["messages"]):
+                k = row_keys(_decode(msgs), cfg.key)
+                i = pos + j
+                ex[i], pr[i], tg[i], raw[i], empty[i] = k.exact, k.prompt, k.target, k.raw, k.empty
+                texts.append(k.text)
+                kinds.append(shingle_kind(k.text, cfg))
+                if k.text.count(" ") + 1 >= cfg.ngram_overlap_min_words:
+                    long_rows.append(i)
+            ids[pos : pos + len(texts)] = [str(x) for x in d["id"]]
+            sources.extend("" if x is None else str(x) for x in d["source"])
+            created.extend("" if x is None else str(x) for x in d["created_at"])
+            pos += len(texts)
+            yield texts, kinds
+
+    try:
+        if bander is not None:
+            bands_parts.extend(bander.map(pass1()))
+        else:
+            for _ in pass1():
+                pass
+    finally:
+        if bander is not None:
+            bander.close()
+    bands = np.concatenate(bands_parts) if bands_parts and n > 1 else None
+    del bands_parts
+    rank = _rank(test, sources, created, list(ids), raw, cfg)
+    newest = _newest_order(created)
+    del sources, created
+
+    def texts_for(rows: np.ndarray) -> dict[int, str]:
+        want = np.zeros(n, dtype=bool)
+        want[rows] = True
+        out: dict[int, str] = {}
+        pos = 0
+        for batch in _iter_batches(src, ["messages"], cfg.batch_rows):
+            sel = np.flatnonzero(want[pos : pos + batch.num_rows])
+            if len(sel):
+                col = batch.column(0).to_pylist()
+                for j in sel:
+                    out[pos + int(j)] = row_keys(_decode(col[j]), cfg.key).text
+            pos += batch.num_rows
+        return out
+
+    dec = run_engine(
+        exact=ex,
+        prompt=pr,
+        target=tg,
+        empty=empty,
+        bands=bands,
+        rank=rank,
+        is_test=test,
+        created_ns_order=newest,
+        ids=ids,
+        texts_for=texts_for,
+        long_text_rows=np.array(long_rows, dtype=np.int64),
+        cfg=cfg,
+    )
+    del bands, ex, pr, tg, raw
+
+    # pass 3: copy kept rows, quarantine the rest.
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_data = out_dir / f".{STAGE}-streaming.parquet"
+    qrows: list[dict[str, Any]] = []
+    writer = None
+    kept_n = 0
+    pos = 0
+    try:
+        for batch in _iter_batches(src, RECORD_COLUMNS, cfg.batch_rows):
+            m = dec.reason[pos : pos + batch.num_rows] == ""
+            kept = batch.filter(pa.array(m))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp_data, kept.schema)
+            writer.write_batch(kept)
+            kept_n += kept.num_rows
+            drop = np.flatnonzero(~m)
+            if len(drop):
+                d = batch.take(pa.array(drop)).to_pydict()
+                for j, i in enumerate(drop + pos):
+                    rec = {c: _decode(d[c][j]) if c in ("messages", "meta") else d[c][j] for c in RECORD_COLUMNS}
+                    qrows.append(
+                        {
+                            "id": rec["id"],
+                            "stage": STAGE,
+                            "reason": str(dec.reason[i]),
+                            "detail": json.dumps(_detail(dec, int(i), ids), default=str),
+                            "record": json.dumps(rec, ensure_ascii=False, default=str),
+                        }
+                    )
+            pos += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # empty input
+        from tasks.core import _to_disk, empty_records
+
+        atomic_write_parquet(_to_disk(empty_records()), tmp_data)
+    if n != kept_n + len(qrows):
+        raise AssertionError(f"stage {STAGE!r} lost rows: rows_in={n} kept={kept_n} quarantined={len(qrows)}")
+    sha = file_sha256(tmp_data)
+    data_path = out_dir / f"{STAGE}-{sha[:12]}.parquet"
+    os.replace(tmp_data, data_path)
+    qframe = pd.DataFrame(qrows, columns=QUARANTINE_COLUMNS)
+    from tasks.core import write_records
+
+    quarantine = write_records(qframe, out_dir / f"{STAGE}-{sha[:12]}.quarantine.parquet")
+    counts: dict[str, int] = {"rows_in": n, "kept": kept_n, "quarantined": len(qrows)}
+    for reason, c in sorted(Counter(r["reason"] for r in qrows).items()):
+        counts[f"quarantined_{reason}"] = int(c)
+    report = {"stage": STAGE, "counts": counts, **dec.report, "config": cfg.model_dump(), "metrics": dec.metrics}
+    report_path = out_dir / f"{STAGE}-{sha[:12]}.report.json"
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return StageResult(
+        stage=STAGE,
+        data=DatasetRef(uri=str(data_path), sha256=sha, rows=kept_n),
+        quarantine=quarantine,
+        report_uri=str(report_path),
+        counts=counts,
+    )
 
 
 @task(name="dedup", cache_policy=DATA_STAGE_CACHE, persist_result=True)
