@@ -738,3 +738,13 @@ def test_label_coverage(tmp_path):
     assert "1 of 2 labels missing: card_declined" in str(err)
     ok = distinct(2) + [rec(user="Declined", answer="card_declined")]
     assert validate(frame(*ok), cfg).report["rules"][0]["passed"]
+
+
+def test_cli_csv_with_a_column_map(tmp_path):
+    cfg = contract(tmp_path, R("label_in_set", labels=["card_declined", "card_lost"]), R("min_rows", "block", min=2))
+    path = tmp_path / "tickets.csv"
+    path.write_text("ticket_text,queue\nCard declined at the shop,card_declined\nLost my card,card_lost\nHm,nope\n")
+    res = _cli(path, "--contract", cfg.contract, "--columns", "text=ticket_text,label=queue")
+    assert res.exit_code == 0, res.output
+    assert "3 rows in, 2 kept, 1 quarantined" in res.stdout
+    assert _cli(path, "--contract", cfg.contract, "--columns", "text").exit_code == 2
