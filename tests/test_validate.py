@@ -642,15 +642,16 @@ def test_cli_exit_codes(tmp_path):
     assert res.exit_code == 2 and "bad.yaml" in res.stderr
 
 
-def test_cli_alpaca_input_and_report(tmp_path):
+@pytest.mark.parametrize("fmt", ["alpaca", "prompt_completion"])
+def test_cli_alpaca_and_prompt_completion_input_and_report(tmp_path, fmt):
     cfg = contract(tmp_path, R("role_order"), R("label_in_set", labels=["card_declined"]))
-    path = tmp_path / "alpaca.jsonl"
-    path.write_text(
-        json.dumps({"instruction": "Route it.", "input": "Card declined at the shop.", "output": "card_declined"})
-        + "\n"
-        + json.dumps({"instruction": "Route it.", "input": "Where is my card?", "output": "card_lost"})
-        + "\n"
-    )
+    path = tmp_path / f"{fmt}.jsonl"
+    rows = [("Card declined at the shop.", "card_declined"), ("Where is my card?", "card_lost")]
+    if fmt == "alpaca":
+        lines = [{"instruction": "Route it.", "input": t, "output": label} for t, label in rows]
+    else:
+        lines = [{"prompt": t, "completion": label} for t, label in rows]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     res = _cli(path, "--contract", cfg.contract, "--report", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
