@@ -121,3 +121,16 @@ def test_lora_layers_limits_adapter_to_top_layers(tiny_model_dir, splits, tmp_pa
     keys = load_file(str(tmp_path / "a" / "adapter_model.safetensors")).keys()
     assert keys and all(".layers.1." in k and "q_proj" in k for k in keys), sorted(keys)
     assert res.trainable_params == 2 * 16 + 16 * 2  # A (r x in 16) + B (out 16 x r) for q_proj of layer 1 only
+
+
+def test_train_task_streams_losses_to_mlflow(tiny_model_dir, splits, tmp_path, mlflow_sqlite):
+    from tasks.train import train_task
+
+    client, exp = mlflow_sqlite
+    run_id = client.create_run(exp).info.run_id
+    cfg = TrainConfig(base_model=str(tiny_model_dir), max_steps=3, batch_size=4, max_length=64, max_val_rows=2)
+    res = train_task.fn(*splits, cfg, str(tmp_path / "a"), run_id)
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert steps == [1, 2, 3]
+    val = client.get_metric_history(run_id, "val_loss")
+    assert val and val[-1].step == res.steps and val[-1].value == pytest.approx(res.val_loss)
