@@ -1,5 +1,6 @@
 """The retrain flow: the whole pipeline, from source files to a gated model version in the MLflow registry."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tasks.pii import scrub_pii_task
 from tasks.register import current_champion, register_task
 from tasks.split import split_task
 from tasks.train import train_task
-from tasks.validate import validate_splits_task, validate_task
+from tasks.validate import ContractViolation, tracking_artifacts, validate_splits_task, validate_task
 
 
 def resolve_config(params: RetrainParams) -> RetrainConfig:
@@ -47,6 +48,12 @@ def resolve_config(params: RetrainParams) -> RetrainConfig:
 def _log_stage(run_id: str, result: StageResult) -> None:
     get_run_logger().info(format_counts(result))
     tracking.log_stage(run_id, result)
+
+
+def _log_validation_artifacts(run_id: str, report: dict[str, Any]) -> None:
+    """Great Expectations' validation result, the rules table and the Data Docs HTML."""
+    for path, dest in tracking_artifacts(report):
+        tracking.log_artifact(run_id, path, dest)
 
 
 def _summary_markdown(cfg: RetrainConfig, counts: list[StageResult], evaluation, registration, run_id: str) -> str:
@@ -132,8 +139,15 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
         stages.append(deduped)
         for r in stages:
             _log_stage(run_id, r)
-        validated = validate_task(deduped.data, cfg.validate_, base.path, out_dir)
+        try:
+            validated = validate_task(deduped.data, cfg.validate_, base.path, out_dir)
+        except ContractViolation as e:  # a block rule: keep the evidence in the run, then stop before training
+            _log_validation_artifacts(run_id, e.report)
+            if e.report_uri:
+                tracking.log_artifact(run_id, e.report_uri, "reports")
+            raise
         _log_stage(run_id, validated)
+        _log_validation_artifacts(run_id, json.loads(Path(validated.report_uri).read_text()))
         stages.append(validated)
         splits = split_task(validated.data, cfg.split, out_dir)
         logger.info("split: %s", " ".join(f"{k}={v}" for k, v in splits.counts.items()))
