@@ -35,11 +35,13 @@ class RetrainConfig(StrictModel):
     )
     pii: PiiConfig = Field(default_factory=PiiConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    # `validate` and `register` would shadow BaseModel / ABCMeta methods: stored as validate_ / register_, spelled
+    # plainly in YAML, overrides and MLflow params.
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     split: SplitConfig = Field(default_factory=SplitConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    register: RegisterConfig = Field(default_factory=RegisterConfig)
+    register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
 
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 

@@ -164,7 +164,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
             status = "FINISHED"
             return {"mlflow_run_id": run_id, "dry_run": True, "counts": {r.stage: r.counts for r in stages}}
 
-        model_name = cfg.register.model_name or cfg.name
+        model_name = cfg.register_.model_name or cfg.name
         champion = current_champion(model_name)
         run_dir = str(Path(out_dir) / "runs" / run_id)
         trained = train_task(splits.train, splits.val, cfg.train, run_dir, run_id)
@@ -177,7 +177,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
             logger.info("eval %s: %s", model, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         tracking.log_artifact(run_id, evaluation.report_uri, "eval")
         tracking.log_artifact(run_id, evaluation.predictions_uri, "eval")
-        registration = register_task(run_id, trained, evaluation, cfg.register, model_name, splits.train.sha256)
+        registration = register_task(run_id, trained, evaluation, cfg.register_, model_name, splits.train.sha256)
         logger.info(
             "registered %s version %s, aliases %s; promoted=%s: %s",
             registration.model_name,
