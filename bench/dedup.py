@@ -34,8 +34,8 @@ peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``) of that subprocess are repor
 """
 
 import argparse
+import contextlib
 import json
-import math
 import random
 import resource
 import subprocess
@@ -194,7 +194,10 @@ def build_quality_set(n_sources: int = 2000) -> tuple[pd.DataFrame, dict]:
 
 
 def to_records(df: pd.DataFrame) -> pd.DataFrame:
-    msgs = [[{"role": "user", "content": t}, {"role": "assistant", "content": c}] for t, c in zip(df.text, df.label)]
+    msgs = [
+        [{"role": "user", "content": t}, {"role": "assistant", "content": c}]
+        for t, c in zip(df.text, df.label, strict=True)
+    ]
     return pd.DataFrame(
         {
             "id": [record_id(m) for m in msgs],
@@ -285,12 +288,20 @@ def quality(args) -> int:
     print("| method | precision | recall | removals |")
     print("|---|---|---|---|")
     print(f"| normalised exact hashing | {ex[0]:.3f} | {ex[1]:.3f} | {ex[2]} |")
-    print(f"| datasketch MinHashLSH, char 5-grams, best threshold {best_th:.2f} | {bl[0]:.3f} | {bl[1]:.3f} | {bl[2]} |")
+    print(
+        f"| datasketch MinHashLSH, char 5-grams, best threshold {best_th:.2f} | {bl[0]:.3f} | {bl[1]:.3f} | {bl[2]} |"
+    )
     print(f"| **loraflow** (defaults, threshold {cfg.threshold}) | **{lf[0]:.3f}** | **{lf[1]:.3f}** | {lf[2]} |")
     print(f"\nloraflow dedup time on {len(df)} rows: {dt:.1f} s (1 process)")
-    best_base = max((ex, bl), key=lambda r: r[0] + r[1])
-    beats = lf[0] > max(ex[0], bl[0]) if False else (lf[0] >= best_base[0] and lf[1] > best_base[1])
-    print(f"targets: P>=0.97 {lf[0] >= 0.97}, R>=0.95 {lf[1] >= 0.95}, beats best baseline on both: {beats}")
+    # The best baseline is the one with the higher F1 (exact hashing is precise but finds few duplicates).
+    f1 = lambda r: 2 * r[0] * r[1] / max(1e-9, r[0] + r[1])  # noqa: E731
+    best = max((("exact", ex), ("MinHashLSH", bl)), key=lambda kv: f1(kv[1]))
+    beats = lf[0] > best[1][0] and lf[1] > best[1][1]
+    dominated = [t for t, r in sweep.items() if r[0] >= lf[0] and r[1] >= lf[1]]
+    print(
+        f"targets: P>=0.97 {lf[0] >= 0.97}, R>=0.95 {lf[1] >= 0.95}, beats the best baseline ({best[0]}) on both: "
+        f"{beats}; MinHashLSH thresholds at least as good on both: {dominated or 'none'}"
+    )
 
     curve = {}
     for th in np.round(np.arange(0.5, 0.951, 0.05), 2):
@@ -306,8 +317,19 @@ def quality(args) -> int:
     if args.plot:
         plot(curve, sweep, ex, lf, cfg.threshold, args.plot)
     if args.json:
-        Path(args.json).write_text(json.dumps({"stats": stats, "loraflow": lf, "exact": ex, "minhash_best": [best_th, bl],
-                                               "curve": curve, "minhash_sweep": sweep}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "stats": stats,
+                    "loraflow": lf,
+                    "exact": ex,
+                    "minhash_best": [best_th, bl],
+                    "curve": curve,
+                    "minhash_sweep": sweep,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -320,11 +342,13 @@ def plot(curve: dict, sweep: dict, ex, lf, th: float, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     xs = sorted(curve)
     ax.plot([curve[t][1] for t in xs], [curve[t][0] for t in xs], "o-", label="loraflow (threshold sweep)")
-    for t in xs[:: 2]:
+    for t in xs[::2]:
         ax.annotate(f"{t:.2f}", (curve[t][1], curve[t][0]), fontsize=7, textcoords="offset points", xytext=(4, -9))
     ys = sorted(sweep)
-    ax.plot([sweep[t][1] for t in ys], [sweep[t][0] for t in ys], "s--", label="datasketch MinHashLSH (threshold sweep)")
-    for t in ys[:: 2]:
+    ax.plot(
+        [sweep[t][1] for t in ys], [sweep[t][0] for t in ys], "s--", label="datasketch MinHashLSH (threshold sweep)"
+    )
+    for t in ys[::2]:
         ax.annotate(f"{t:.2f}", (sweep[t][1], sweep[t][0]), fontsize=7, textcoords="offset points", xytext=(4, 4))
     ax.plot([ex[1]], [ex[0]], "k^", label="normalised exact hash")
     ax.plot([lf[1]], [lf[0]], "r*", markersize=14, label=f"loraflow default ({th})")
@@ -334,7 +358,7 @@ def plot(curve: dict, sweep: dict, ex, lf, th: float, path: str) -> None:
     ax.set_ylabel("precision (removals that were duplicates)")
     ax.set_title("Near-duplicate removal on perturbed BANKING77 (seed 0)")
     ax.set_xlim(0, 1.02)
-    ax.set_ylim(0.0, 1.02)
+    ax.set_ylim(0.4, 1.01)  # the 0.30 MinHashLSH point (P 0.18) is below the frame
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -403,10 +427,8 @@ def tree_rss_peak(proc: subprocess.Popen, every: float = 0.1) -> int:
             procs = [root, *root.children(recursive=True)]
             total = 0
             for p in procs:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
             peak = max(peak, total)
         except psutil.Error:
             pass

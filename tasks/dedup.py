@@ -513,7 +513,11 @@ def run_engine(
                 for i in rows:
                     reason[i], method[i] = "conflicting_target", "prompt"
                 continue
-            win = rows[np.argmin(created_ns_order[rows])] if cfg.conflict_policy == "newest" else rows[np.argmin(rank[rows])]
+            win = (
+                rows[np.argmin(created_ns_order[rows])]
+                if cfg.conflict_policy == "newest"
+                else rows[np.argmin(rank[rows])]
+            )
             for i in rows:
                 if target[i] != target[win]:
                     reason[i], kept_idx[i], sim[i], method[i] = "conflicting_target", win, 1.0, "prompt"
@@ -604,7 +608,7 @@ def run_engine(
     counts = Counter(reason[reason != ""])
     metrics.update(
         {
-            "dedup.exact_removed": int(((reason == "exact_duplicate")).sum()),
+            "dedup.exact_removed": int((reason == "exact_duplicate").sum()),
             "dedup.near_dups_removed": int((reason == "near_duplicate").sum()),
             "dedup.test_leaks": int(counts.get("test_leak", 0)),
             "dedup.conflicting_targets": int(counts.get("conflicting_target", 0)),
@@ -751,7 +755,9 @@ def _outcome(records: pd.DataFrame, dec: Decisions, ids: np.ndarray, cfg: DedupC
         [_detail(dec, int(i), ids) for i in qidx],
     )
     report = {**dec.report, "config": cfg.model_dump()}
-    return StageOutcome(kept=records.iloc[np.flatnonzero(~drop)], quarantined=quarantined, report=report, metrics=dec.metrics)
+    return StageOutcome(
+        kept=records.iloc[np.flatnonzero(~drop)], quarantined=quarantined, report=report, metrics=dec.metrics
+    )
 
 
 # --------------------------------------------------------------------------------------------- streaming
@@ -838,7 +844,8 @@ def dedup_parquet(
     del bands_parts
     rank = _rank(test, sources, created, list(ids), raw, cfg)
     newest = _newest_order(created)
-    del sources, created
+    sources.clear()  # the per-row strings are no longer needed: ranks hold the keep order
+    created.clear()
 
     def texts_for(rows: np.ndarray) -> dict[int, str]:
         want = np.zeros(n, dtype=bool)
@@ -868,7 +875,7 @@ def dedup_parquet(
         long_text_rows=np.array(long_rows, dtype=np.int64),
         cfg=cfg,
     )
-    del bands, ex, pr, tg, raw
+    del bands
 
     # pass 3: copy kept rows, quarantine the rest.
     out_dir = Path(out_dir)

@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -373,7 +374,7 @@ def test_streaming_parquet_path_matches_in_memory_and_keeps_the_ledger(tmp_path)
     assert sorted(zip(q["id"], q["reason"], strict=True)) == sorted(
         zip(mem.quarantined["id"], mem.quarantined["reason"], strict=True)
     )
-    report = json.loads(open(res.report_uri).read())
+    report = json.loads(Path(res.report_uri).read_text())
     assert report["counts"] == res.counts and "cluster_size_histogram" in report
 
 
@@ -392,9 +393,9 @@ def test_dedup_task_uses_the_split_test_mask(tmp_path):
     ref = write_records(records, tmp_path / "in.parquet")
     res = dedup_task.fn(ref, DedupConfig(workers=1), SplitConfig(), str(tmp_path))
     assert res.counts == {"rows_in": 3, "kept": 2, "quarantined": 1, "quarantined_test_leak": 1}
-    report = json.loads(open(res.report_uri).read())
+    report = json.loads(Path(res.report_uri).read_text())
     assert report["metrics"]["dedup.test_leaks"] == 1
-    assert "Where is my card" not in open(res.report_uri).read()  # ids only, never text
+    assert "Where is my card" not in Path(res.report_uri).read_text()  # ids only, never text
 
 
 def test_cli_writes_kept_records_and_a_report(tmp_path):
