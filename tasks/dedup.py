@@ -130,6 +130,10 @@ class DedupConfig(StrictModel):
 # --------------------------------------------------------------------------------------------- text
 
 _NON_WORD = re.compile(r"[\W_]+")
+# Scripts written without spaces (CJK ideographs, kana): a space that punctuation left between two of their
+# characters is not a word boundary, so "我的卡，到了" and "我的卡到了" normalise alike.
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_UNSPACED_GAP = re.compile(f"(?<=[{_UNSPACED}]) (?=[{_UNSPACED}])")
 
 
 def dedup_normalise(text: str) -> str:
@@ -139,7 +143,7 @@ def dedup_normalise(text: str) -> str:
     plain form, so ``ＨＥＬＬＯ`` and ``hello`` compare equal. Letters and digits of every script survive.
     """
     text = unicodedata.normalize("NFKC", text).casefold()
-    return _NON_WORD.sub(" ", text).strip()
+    return _UNSPACED_GAP.sub("", _NON_WORD.sub(" ", text)).strip()
 
 
 def _h64(text: str) -> int:
