@@ -63,6 +63,13 @@ def command(
         Path | None,
         typer.Option("--config", help="YAML with the PII settings (a retrain config's `pii:` section or just it)."),
     ] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="CSV/Parquet: column holding the user turn (default text).")
+    ] = None,
+    label_column: Annotated[
+        str | None,
+        typer.Option("--label-column", help="CSV/Parquet: column holding the assistant turn (default label)."),
+    ] = None,
 ) -> None:
     """PII-scrub records (any of the three formats); --spans writes offsets and types, never raw text."""
     from tasks.core import StageError
@@ -71,7 +78,12 @@ def command(
 
     try:
         cfg = load_pii_config(config)
-        loaded = load_file(input)
+        columns = None
+        if text_column or label_column:
+            from tasks.ingest import ColumnMap
+
+            columns = ColumnMap(text=text_column or "text", label=label_column or "label")
+        loaded = load_file(input, columns=columns)
         records = loaded.kept.reset_index(drop=True)
         is_table = input.suffix.lower() in (".csv", ".parquet", ".tsv")
         outcome, found_spans = scrub_with_spans(records, cfg)
