@@ -273,6 +273,28 @@ _NAME_CONTEXT = [
 _NAME_CONTEXT.append(
     (re.compile(r"\b([A-ZÀ-Þ][a-zà-ÿ'-]+(?:\s+[A-ZÀ-Þ][\w'-]+){1,2})\s+(?:here|writing|speaking)\b"), 0.4)
 )
+# Strong cues ("Contact:", "Account holder:", "this is ... writing") take a name in any case: people write in
+# lower case and in capitals, where the NER finds nothing.
+_STOP_WORD = (
+    r"(?:the|a|an|my|your|our|to|and|or|is|are|was|not|no|yes|writing|here|speaking|calling|about|regarding|"
+    r"please|thanks|thank|you|me|i|we|it|this|that|from|for|with|on|at|in|of|tel|phone|email|e-mail|mobile|"
+    r"account|card|number|urgent|again|still|just|so|very|really|sorry|ok|okay|hi|hello|dear|team|support)"
+)
+_ANY_NAME = rf"(?!{_STOP_WORD}\b)[^\W\d_][\w'-]+(?:\s+(?!{_STOP_WORD}\b)[^\W\d_][\w'-]+){{0,2}}"
+_NAME_CONTEXT.append(
+    (
+        re.compile(
+            rf"(?i)\b(?:contact|name|full\s+name|account\s+holder|card\s*holder|signed|customer)\s*[:-]\s*({_ANY_NAME})"
+        ),
+        0.5,
+    )
+)
+_NAME_CONTEXT.append(
+    (
+        re.compile(rf"(?i)\b(?:this\s+is|it'?s|i\s+am|i'm)\s+({_ANY_NAME})\s+(?:writing|here|speaking|calling)\b"),
+        0.5,
+    )
+)
 # IBANs written in lower case or with odd spacing ("gb14 loyd 7303 ..."), kept only when the mod-97 check passes.
 _IBAN_ANY = re.compile(r"(?i)\b[a-z]{2}\d{2}(?:[ -]?[a-z0-9]{4}){2,7}(?:[ -]?[a-z0-9]{1,4})?\b")
 
@@ -318,7 +340,7 @@ _NER_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME"}
 # Phone shapes phonenumbers rejects as unallocated (fictional 555 / 7700 900 ranges, typos) but that are
 # phone numbers all the same: international "+CC ...", US "(415) 555-0134", national trunk "0xx ...".
 _PHONE_SHAPES = [
-    (re.compile(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,8}(?:[ .-]\d{2,8}){1,4}(?:\s?x\d{1,5})?\b"), 0.5),
+    (re.compile(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,8}(?:[ .-]\d{2,8}){1,5}(?:\s?x\d{1,5})?\b"), 0.5),
     (re.compile(r"(?<!\w)\(\d{3}\)\s?\d{3}[ .-]\d{4}(?:\s?x\d{1,5})?\b"), 0.5),
     (re.compile(r"(?<![\w/.-])0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}\b(?![/.-]\d)"), 0.4),
 ]
