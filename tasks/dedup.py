@@ -419,6 +419,7 @@ class Decisions:
     kept_idx: np.ndarray  # int64: the kept row each dropped row was matched with (-1: none)
     sim: np.ndarray  # float32
     method: np.ndarray  # object: exact | minhash | prompt | ngram | ''
+    extra: dict[int, dict[str, Any]]  # more detail for some rows (conflict group size and distinct targets)
     report: dict[str, Any]
     metrics: dict[str, float]
 
@@ -501,12 +502,16 @@ def run_engine(
 
     # ---- conflicts: same normalised prompt, different normalised target
     conflict_groups = 0
+    extra: dict[int, dict[str, Any]] = {}
     if alive.any():
         df = pd.DataFrame({"p": prompt[alive], "t": target[alive], "i": np.flatnonzero(alive)})
         nt = df.groupby("p")["t"].transform("nunique")
         for _, g in df[nt > 1].groupby("p"):
             conflict_groups += 1
             rows = g["i"].to_numpy()
+            info = {"conflict_group_size": len(rows), "distinct_targets": int(g["t"].nunique())}
+            for i in rows:
+                extra[int(i)] = info
             tests = rows[is_test[rows]]
             if len(tests):
                 head = tests[np.argmin(rank[tests])]
@@ -628,7 +633,7 @@ def run_engine(
     report = _cluster_report(reason, kept_idx, ids, cfg.top_clusters)
     report["leaks_by_method"] = dict(Counter(method[reason == "test_leak"]))
     report["ngram_leaks"] = ngram_leaks
-    return Decisions(reason, kept_idx, sim, method, report, {k: float(v) for k, v in metrics.items()})
+    return Decisions(reason, kept_idx, sim, method, extra, report, {k: float(v) for k, v in metrics.items()})
 
 
 def _ngram_hashes(text: str, n: int) -> list[int]:
@@ -746,6 +751,8 @@ def _detail(dec: Decisions, i: int, ids: np.ndarray) -> dict[str, Any]:
     d: dict[str, Any] = {"kept_id": str(ids[k]) if k >= 0 else None, "method": dec.method[i] or None}
     if k >= 0:
         d["similarity"] = round(float(dec.sim[i]), 4)
+    if dec.reason[i] == "conflicting_target":
+        d.update(dec.extra.get(i, {}))
     return d
 
 

@@ -182,6 +182,8 @@ def test_same_prompt_different_answer_is_a_conflict_not_a_duplicate():
         b["id"]: ("conflicting_target", None, None),
     }
     assert out.metrics["dedup.conflict_groups"] == 1
+    detail = json.loads(out.quarantined["detail"].iloc[0])
+    assert detail["conflict_group_size"] == 2 and detail["distinct_targets"] == 2
 
     newest = deduplicate(records, DedupConfig(workers=1, conflict_policy="newest"))
     assert set(newest.kept["id"]) == {b["id"], c["id"]}
