@@ -253,14 +253,6 @@ _NOT_NAME = (
 _NAME_CONTEXT = [
     (
         re.compile(
-            r"(?i:\b(?:my\s+name\s+is|name\s+is|named))\s+(?!(?:not|the|a|an|on|in|at|correct|wrong|"
-            r"missing|spelled|spelt|incorrect|still|also|now)\b)"
-            r"((?:[A-ZÀ-Þ][\w'-]+|[a-zà-þ][\w'-]+)(?:\s+[A-ZÀ-Þ]\.?(?=\s))?(?:\s+[A-ZÀ-Þ][\w'-]+){0,2})"
-        ),
-        0.5,
-    ),
-    (
-        re.compile(
             r"\b(?:I'm|I am|This is|Hi|Hello|Dear|Thanks|Regards|Sincerely|Cheers|Best|Contact|Name|From|Signed|"
             r"Customer|Account holder|Cardholder|(?i:call\s+me|it'?s\s+under|"
             r"change\s+it\s+to))[,:]?\s+"
@@ -278,13 +270,24 @@ _NAME_CONTEXT.append(
 _STOP_WORD = (
     r"(?:the|a|an|my|your|our|to|and|or|is|are|was|not|no|yes|writing|here|speaking|calling|about|regarding|"
     r"please|thanks|thank|you|me|i|we|it|this|that|from|for|with|on|at|in|of|tel|phone|email|e-mail|mobile|"
-    r"account|card|number|urgent|again|still|just|so|very|really|sorry|ok|okay|hi|hello|dear|team|support)"
+    r"account|card|number|urgent|again|still|just|so|very|really|sorry|ok|okay|hi|hello|dear|team|support|"
+    r"him|her|them|his|their|us|after|as|by|but|if|when|who)"
 )
-_ANY_NAME = rf"(?!{_STOP_WORD}\b)[^\W\d_][\w'-]+(?:\s+(?!{_STOP_WORD}\b)[^\W\d_][\w'-]+){{0,2}}"
+_NAME_WORD = rf"(?!{_STOP_WORD}\b)(?:[^\W\d_][\w'-]+|[^\W\d_]\.?(?!\w))"
+_ANY_NAME = rf"{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,3}}"
 _NAME_CONTEXT.append(
     (
         re.compile(
             rf"(?i)\b(?:contact|name|full\s+name|account\s+holder|card\s*holder|signed|customer)\s*[:-]\s*({_ANY_NAME})"
+        ),
+        0.5,
+    )
+)
+_NAME_CONTEXT.append(
+    (
+        re.compile(
+            r"(?i)\b(?:my\s+name\s+is|name\s+is|named(?:\s+(?:him|her|them|it))?)\s+(?!(?:spelled|spelt|incorrect|wrong|correct|missing|still|"
+            rf"also|now|being|listed|shown|displayed|changed|different)\b)({_ANY_NAME})"
         ),
         0.5,
     )
@@ -327,7 +330,7 @@ _NOT_PII = {
     "vpn", "dob", "zip", "email", "e-mail", "bot", "ai", "tv", "pdf", "ceo", "iban code", "swift", "bic",
     "visa", "mastercard", "amex", "paypal", "wifi", "wi-fi", "ok", "okay", "thanks", "hi", "hello",
     # sentence starts the small model mistakes for names
-    "my", "why", "how", "what", "when", "where", "who", "which", "contact", "please", "can", "could", "would",
+    "name", "my", "why", "how", "what", "when", "where", "who", "which", "contact", "please", "can", "could", "would",
     "hey", "dear", "thank you", "sorry", "help", "urgent", "i", "we", "you", "team", "support", "sir", "madam",
     # currency and crypto codes
     "aud", "brl", "cad", "chf", "cny", "czk", "dkk", "hkd", "huf", "inr", "jpy", "krw", "mxn", "nok", "nzd",

@@ -318,3 +318,17 @@ def test_cli_writes_scrubbed_chat_jsonl_spans_and_report(engine, tmp_path):
     assert rep["counts"]["quarantined_at_read"] == 1 and rep["counts"]["kept"] == 3
     for blob in (out.read_text(), spans.read_text(), report.read_text(), res.output):
         assert not any(v in blob for v in RAW_VALUES)
+
+
+def test_names_in_any_case_after_strong_cues_but_not_ordinary_words(engine):
+    texts = [
+        "when is my loan due? contact: maria farouk, tel 0612345678.",
+        "PLEASE CLOSE MY ACCOUNT. ACCOUNT HOLDER: GIULIA BIANCHI",
+        "hiya - this is ingrid fernandez writing. my wallet was stolen",
+        "My name is spelled wrong on the card and this is urgent.",
+    ]
+    spans = detect_spans(texts, CFG)
+    persons = [
+        [t[s.start : s.end] for s in sp if s.entity_type == "PERSON"] for t, sp in zip(texts, spans, strict=True)
+    ]
+    assert persons == [["maria farouk"], ["GIULIA BIANCHI"], ["ingrid fernandez"], []]
