@@ -863,24 +863,29 @@ def _norm_value(value: str) -> str:
 
 
 class _Pseudonyms:
-    """``<TYPE_n>`` numbered in reading order per record; a lone first or last name reuses its full name's."""
+    """``<TYPE_n>`` numbered in reading order per record.
+
+    The same value gets the same tag wherever it appears in the record, even when the NER typed it
+    differently in another turn (PERSON in the user turn, ORGANIZATION in the assistant's); a lone first or
+    last name reuses the tag of the full name it belongs to.
+    """
 
     def __init__(self):
-        self.by_value: dict[tuple[str, str], str] = {}
+        self.by_value: dict[str, tuple[str, str]] = {}  # normalised value -> (type, tag)
         self.count: Counter[str] = Counter()
 
     def get(self, etype: str, value: str) -> str:
-        key = (etype, _norm_value(value))
+        key = _norm_value(value)
         if key in self.by_value:
-            return self.by_value[key]
-        if etype == "PERSON" and len(key[1].split()) == 1:
-            for (t, v), tag in self.by_value.items():
-                if t == "PERSON" and key[1] in v.split():
-                    self.by_value[key] = tag
+            return self.by_value[key][1]
+        if etype in ("PERSON", "ORGANIZATION") and len(key.split()) == 1:
+            for v, (t, tag) in self.by_value.items():
+                if t == "PERSON" and key in v.split():
+                    self.by_value[key] = (t, tag)
                     return tag
         self.count[etype] += 1
         tag = f"<{etype}_{self.count[etype]}>"
-        self.by_value[key] = tag
+        self.by_value[key] = (etype, tag)
         return tag
 
 

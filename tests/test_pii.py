@@ -332,3 +332,12 @@ def test_names_in_any_case_after_strong_cues_but_not_ordinary_words(engine):
         [t[s.start : s.end] for s in sp if s.entity_type == "PERSON"] for t, sp in zip(texts, spans, strict=True)
     ]
     assert persons == [["maria farouk"], ["GIULIA BIANCHI"], ["ingrid fernandez"], []]
+
+
+def test_pseudonym_follows_the_value_not_the_ner_type():
+    from tasks.pii import _Pseudonyms
+
+    p = _Pseudonyms()
+    tags = [p.get("PERSON", "Eleanor Whitfield"), p.get("ORGANIZATION", "eleanor  whitfield"),
+            p.get("PERSON", "Eleanor"), p.get("ORGANIZATION", "Acme"), p.get("PERSON", "Tom Ray")]  # fmt: skip
+    assert tags == ["<PERSON_1>", "<PERSON_1>", "<PERSON_1>", "<ORGANIZATION_1>", "<PERSON_2>"]
