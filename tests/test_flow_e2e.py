@@ -36,8 +36,15 @@ def _canary_file(path: Path) -> Path:
         (f"I sent money to IBAN {CANARIES['iban']} by mistake, wrong recipient, can you recall it?", "wrong_recipient"),
     ]
     lines = [
-        json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": t},
-                                 {"role": "assistant", "content": label}]})
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": t},
+                    {"role": "assistant", "content": label},
+                ]
+            }
+        )
         for t, label in tickets
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -56,8 +63,15 @@ def _run_cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
 def two_runs(tmp_path_factory, tiny_model_dir):
     home = tmp_path_factory.mktemp("home")
     canary = _canary_file(tmp_path_factory.mktemp("input") / "canary.jsonl")
-    args = ["run", "--config", "configs/tiny.yaml", "--set", f"train.base_model={tiny_model_dir}",
-            "--set", f"data.sources=[{{path: {canary}}}, {{path: examples/demo/tickets_chat.jsonl, max_rows: 80}}]"]
+    args = [
+        "run",
+        "--config",
+        "configs/tiny.yaml",
+        "--set",
+        f"train.base_model={tiny_model_dir}",
+        "--set",
+        f"data.sources=[{{path: {canary}}}, {{path: examples/demo/tickets_chat.jsonl, max_rows: 80}}]",
+    ]
     first = _run_cli(args, home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     second = _run_cli(args, home)
@@ -84,8 +98,13 @@ def test_mlflow_holds_params_metrics_artifacts_and_a_registered_version(two_runs
     assert len(params["base_model.sha256"]) == 64 and params["code.git_commit"]
     assert run.data.tags["prefect.flow_run_id"] not in ("", "local")
     metrics = run.data.metrics
-    for key in ("eval.base.accuracy", "eval.candidate.accuracy", "eval.candidate.accuracy_constrained",
-                "dedup.rows_in", "scrub_pii.rows_in" if "scrub_pii.rows_in" in metrics else "pii.rows_in"):
+    for key in (
+        "eval.base.accuracy",
+        "eval.candidate.accuracy",
+        "eval.candidate.accuracy_constrained",
+        "dedup.rows_in",
+        "scrub_pii.rows_in" if "scrub_pii.rows_in" in metrics else "pii.rows_in",
+    ):
         assert key in metrics, key
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # max_steps=2, logged every step
     # rows_in == kept + quarantined, stage by stage, as logged
@@ -127,3 +146,36 @@ def test_no_canary_pii_anywhere_under_the_home(two_runs):
         leaks += [f"{name}: {n.decode()}" for n in needles if n.decode() in out]
     assert not leaks, leaks
     assert not list((home / "tmp").rglob("*.parquet")), "raw ingest output must be removed once scrubbed"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{path: examples/bad/empty.jsonl}", r"examples/bad/empty.jsonl is empty \(0 bytes\)"),
+        (
+            "{path: examples/bad/wrong_column.csv, columns: {text: ticket_text, label: queue}}",
+            r"wrong_column.csv has no column 'ticket_text' \(its columns are 'ticket_txt'",
+        ),
+    ],
+    ids=["empty-file", "wrong-column"],
+)
+def test_unusable_sources_stop_with_one_paragraph_and_no_traceback(tmp_path, tiny_model_dir, source, expected):
+    import re
+
+    out = _run_cli(
+        [
+            "run",
+            "--config",
+            "configs/tiny.yaml",
+            "--dry-run",
+            "--set",
+            f"train.base_model={tiny_model_dir}",
+            "--set",
+            f"data.sources=[{source}]",
+        ],
+        tmp_path,
+    )
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert out.returncode == 1 and len(errors) == 1, out.stderr[-3000:]
+    assert re.search(expected, errors[0]), errors[0]
+    assert "Traceback" not in out.stdout + out.stderr
