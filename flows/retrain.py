@@ -165,13 +165,15 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
             return {"mlflow_run_id": run_id, "dry_run": True, "counts": {r.stage: r.counts for r in stages}}
 
         model_name = cfg.register_.model_name or cfg.name
-        champion = current_champion(model_name)
+        champion = current_champion(model_name, str(Path(out_dir) / "runs" / run_id / "champion"))
         run_dir = str(Path(out_dir) / "runs" / run_id)
-        trained = train_task(splits.train, splits.val, cfg.train, run_dir, run_id)
+        trained = train_task(splits.train, splits.val, cfg.train, str(Path(run_dir) / "adapter"), run_id)
         adapters = {"base": None, "candidate": trained.adapter_dir}
         if champion is not None:
             adapters["champion"] = champion.adapter_dir
-        evaluation = evaluate_task(splits.test, base.path, adapters, cfg.evaluate, run_dir)
+        evaluation = evaluate_task(
+            splits.test, base.path, adapters, cfg.evaluate, str(Path(run_dir) / "eval"), label_sources=[splits.train]
+        )
         for model, metrics in evaluation.metrics.items():
             tracking.log_metrics(run_id, {f"eval.{model}.{k}": v for k, v in metrics.items()})
             logger.info("eval %s: %s", model, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
