@@ -130,15 +130,15 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
 
         stages: list[StageResult] = []
         ingested = ingest_task(cfg.data, os.getcwd(), out_dir, str(tmp_root()))
+        _log_stage(run_id, ingested)
         try:
             scrubbed = scrub_pii_task(ingested.data, cfg.pii, out_dir)
         finally:
             discard(ingested.data)  # the raw text is gone once scrubbed
-        stages += [ingested, scrubbed]
+        _log_stage(run_id, scrubbed)
         deduped = dedup_task(scrubbed.data, cfg.dedup, cfg.split, out_dir)
-        stages.append(deduped)
-        for r in stages:
-            _log_stage(run_id, r)
+        _log_stage(run_id, deduped)
+        stages += [ingested, scrubbed, deduped]
         try:
             validated = validate_task(deduped.data, cfg.validate_, base.path, out_dir)
         except ContractViolation as e:  # a block rule: keep the evidence in the run, then stop before training

@@ -193,7 +193,6 @@ def _wait_final(api: str, run_id: str, timeout: float) -> dict:
 
 
 @pytest.mark.server
-@pytest.mark.slow
 def test_retrain_triggered_through_the_api_with_overrides(prefect_server, request):
     """Trigger ``retrain`` through the Prefect API with overridden form values; a process worker runs it; the
     values are what MLflow recorded."""
