@@ -173,9 +173,7 @@ def _to_disk(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in _JSON_COLUMNS:
         if col in out.columns:
-            out[col] = [
-                v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str) for v in out[col]
-            ]
+            out[col] = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str) for v in out[col]]
     return out
 
 
@@ -254,17 +252,13 @@ def finish_stage(
         report["metrics"] = outcome.metrics
     report_path = out_dir / f"{stage}-{digest}.report.json"
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    return StageResult(
-        stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts
-    )
+    return StageResult(stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts)
 
 
 def format_counts(result: StageResult) -> str:
     """One log line: ``dedup: rows_in=120 kept=104 quarantined=16 (exact_duplicate=9, near_duplicate=7)``."""
     c = result.counts
-    reasons = ", ".join(
-        f"{k.removeprefix('quarantined_')}={v}" for k, v in c.items() if k.startswith("quarantined_")
-    )
+    reasons = ", ".join(f"{k.removeprefix('quarantined_')}={v}" for k, v in c.items() if k.startswith("quarantined_"))
     line = f"{result.stage}: rows_in={c['rows_in']} kept={c['kept']} quarantined={c['quarantined']}"
     return f"{line} ({reasons})" if reasons else line
 

@@ -116,9 +116,7 @@ def to_messages(obj: Any, fmt: Format, system_prompt: str | None) -> list[dict[s
         elif "prompt" in obj or "completion" in obj:
             fmt = "prompt_completion"
         else:
-            raise _BadRow(
-                "unknown_shape", "object has none of messages / instruction+output / prompt+completion"
-            )
+            raise _BadRow("unknown_shape", "object has none of messages / instruction+output / prompt+completion")
     if fmt == "chat":
         messages = _check_messages(obj.get("messages"))
     elif fmt == "alpaca":
@@ -273,9 +271,7 @@ def load_source(src: SourceConfig, base_dir: str | Path = ".") -> StageOutcome:
     return StageOutcome(kept=kept_df, quarantined=bad_df, report={"sources": {name: {"rows": len(kept)}}})
 
 
-def load_file(
-    path: str | Path, fmt: Format = "auto", columns: ColumnMap | None = None, source: str | None = None
-):
+def load_file(path: str | Path, fmt: Format = "auto", columns: ColumnMap | None = None, source: str | None = None):
     """Read one file in any supported format (what the CLI commands use)."""
     return load_source(SourceConfig(path=str(path), format=fmt, columns=columns, name=source))
 
@@ -290,14 +286,10 @@ def ingest(cfg: IngestConfig, base_dir: str | Path = ".") -> tuple[int, StageOut
         name = src.name or Path(src.path).stem
         per_source[name] = {"kept": len(out.kept), "quarantined": len(out.quarantined)}
     kept_df = (
-        pd.concat([k for k in kept if len(k)], ignore_index=True)
-        if any(len(k) for k in kept)
-        else empty_records()
+        pd.concat([k for k in kept if len(k)], ignore_index=True) if any(len(k) for k in kept) else empty_records()
     )
     bad_df = (
-        pd.concat([b for b in bad if len(b)], ignore_index=True)
-        if any(len(b) for b in bad)
-        else empty_quarantine()
+        pd.concat([b for b in bad if len(b)], ignore_index=True) if any(len(b) for b in bad) else empty_quarantine()
     )
     if kept_df.empty:
         raise StageError("No readable records in any source: " + ", ".join(s.path for s in cfg.sources) + ".")

@@ -84,12 +84,7 @@ def _stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
         return df
     shuffled = df.sample(frac=1.0, random_state=seed)
     rank = shuffled.groupby(shuffled["messages"].map(_target)).cumcount()
-    return (
-        shuffled.assign(_rank=rank.values)
-        .sort_values(["_rank", "id"], kind="stable")
-        .head(n)
-        .drop(columns="_rank")
-    )
+    return shuffled.assign(_rank=rank.values).sort_values(["_rank", "id"], kind="stable").head(n).drop(columns="_rank")
 
 
 def split_records(records: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:

@@ -47,8 +47,12 @@ def test_bad_files_give_one_line_errors(tmp_path):
 
 def test_form_fields_become_overrides_and_flatten_gives_mlflow_params():
     p = RetrainParams(lora_r=4, learning_rate=0.01, gate_margin=0.05, overrides=["train.max_steps=3"])
-    assert p.as_overrides() == ["train.lora_r=4", "train.learning_rate=0.01", "register.gate_margin=0.05",
-                                "train.max_steps=3"]
+    assert p.as_overrides() == [
+        "train.lora_r=4",
+        "train.learning_rate=0.01",
+        "register.gate_margin=0.05",
+        "train.max_steps=3",
+    ]
     flat = flatten(load_config("configs/demo.yaml", p.as_overrides()).dump())
     assert flat["train.lora_r"] == "4" and flat["train.max_steps"] == "3"
     assert flat["validate.contract"] == "demo"

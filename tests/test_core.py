@@ -43,7 +43,13 @@ def test_finish_stage_counts_reasons_and_writes_quarantine(tmp_path):
     df = _records(6)
     q = quarantine_rows("demo", df.iloc[:2], ["too_long", "empty"], details=[{"n": 1}, {"n": 2}])
     result = finish_stage("demo", 6, StageOutcome(kept=df.iloc[2:], quarantined=q, report={"x": 1}), tmp_path)
-    assert result.counts == {"rows_in": 6, "kept": 4, "quarantined": 2, "quarantined_empty": 1, "quarantined_too_long": 1}
+    assert result.counts == {
+        "rows_in": 6,
+        "kept": 4,
+        "quarantined": 2,
+        "quarantined_empty": 1,
+        "quarantined_too_long": 1,
+    }
     qback = pd.read_parquet(result.quarantine.uri)
     assert set(qback["reason"]) == {"too_long", "empty"} and set(qback["stage"]) == {"demo"}
     assert read_records(result.data)["id"].tolist() == df["id"].iloc[2:].tolist()

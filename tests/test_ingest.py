@@ -13,16 +13,32 @@ def _write(path, lines):
 
 
 def test_three_formats_become_the_same_canonical_record(tmp_path):
-    chat = _write(tmp_path / "c.jsonl", [json.dumps({"messages": [
-        {"role": "system", "content": "Route it."}, {"role": "user", "content": "My card is lost"},
-        {"role": "assistant", "content": "card_lost"}]})])
-    alpaca = _write(tmp_path / "a.jsonl", [json.dumps({"instruction": "Route it.", "input": "My card is lost",
-                                                      "output": "card_lost"})])
+    chat = _write(
+        tmp_path / "c.jsonl",
+        [
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Route it."},
+                        {"role": "user", "content": "My card is lost"},
+                        {"role": "assistant", "content": "card_lost"},
+                    ]
+                }
+            )
+        ],
+    )
+    alpaca = _write(
+        tmp_path / "a.jsonl",
+        [json.dumps({"instruction": "Route it.", "input": "My card is lost", "output": "card_lost"})],
+    )
     csv = tmp_path / "t.csv"
     pd.DataFrame({"ticket": ["My card is lost"], "queue": ["card_lost"]}).to_csv(csv, index=False)
     ids = set()
-    for src in (SourceConfig(path=str(chat)), SourceConfig(path=str(alpaca)),
-                SourceConfig(path=str(csv), columns=ColumnMap(text="ticket", label="queue"), system_prompt="Route it.")):
+    for src in (
+        SourceConfig(path=str(chat)),
+        SourceConfig(path=str(alpaca)),
+        SourceConfig(path=str(csv), columns=ColumnMap(text="ticket", label="queue"), system_prompt="Route it."),
+    ):
         _, out = ingest(IngestConfig(sources=[src]))
         assert len(out.kept) == 1 and len(out.quarantined) == 0
         ids.add(out.kept["id"].iloc[0])
@@ -38,15 +54,18 @@ def test_prompt_completion_format(tmp_path):
 
 def test_bad_lines_are_quarantined_with_file_and_line_and_no_text(tmp_path):
     good = json.dumps({"prompt": "hello Jane Roe", "completion": "x"})
-    f = _write(tmp_path / "mixed.jsonl", [
-        good,
-        '{"prompt": "secret jane.roe@example.com", "compl',   # truncated
-        b'{"prompt": "\xff\xfe bad bytes", "completion": "x"}',  # invalid UTF-8
-        "[1, 2, 3]",                                           # not an object
-        json.dumps({"messages": [{"role": "user", "content": {"nested": 1}}]}),  # non-string content
-        json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}),
-        "",
-    ])
+    f = _write(
+        tmp_path / "mixed.jsonl",
+        [
+            good,
+            '{"prompt": "secret jane.roe@example.com", "compl',  # truncated
+            b'{"prompt": "\xff\xfe bad bytes", "completion": "x"}',  # invalid UTF-8
+            "[1, 2, 3]",  # not an object
+            json.dumps({"messages": [{"role": "user", "content": {"nested": 1}}]}),  # non-string content
+            json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}),
+            "",
+        ],
+    )
     rows_in, out = ingest(IngestConfig(sources=[SourceConfig(path=str(f))]))
     assert rows_in == 6 and len(out.kept) == 1
     q = out.quarantined.set_index("reason")
