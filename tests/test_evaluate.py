@@ -5,23 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from chat_records import SYSTEM
+from chat_records import chat_records as _records
 
-from tasks.core import StageError, record_id, write_records
+from tasks.core import StageError, write_records
 from tasks.evaluate import EvalConfig, LabelTrie, evaluate_models, label_token_ids
-
-SYSTEM = "Route the ticket. Reply with the category only."
-
-
-def _records(pairs):
-    rows = []
-    for text, label in pairs:
-        msgs = [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": label},
-        ]
-        rows.append({"id": record_id(msgs), "messages": msgs, "source": "t", "created_at": "", "meta": {}})
-    return pd.DataFrame(rows)
 
 
 def test_label_trie_allows_only_label_continuations():

@@ -2,26 +2,12 @@
 
 import json
 
-import pandas as pd
 import pytest
+from chat_records import chat_records as _records
 from safetensors.torch import load_file
 
-from tasks.core import StageError, record_id, write_records
+from tasks.core import StageError, write_records
 from tasks.train import TrainConfig, adapter_files, to_prompt_completion, train_adapter
-
-SYSTEM = "Route the ticket. Reply with the category only."
-
-
-def _records(pairs):
-    rows = []
-    for text, label in pairs:
-        msgs = [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": label},
-        ]
-        rows.append({"id": record_id(msgs), "messages": msgs, "source": "t", "created_at": "", "meta": {}})
-    return pd.DataFrame(rows)
 
 
 @pytest.fixture()
