@@ -67,9 +67,9 @@ from tasks.core import (
     record_id,
 )
 from tasks.home import loraflow_home
+from tasks.messages import ROLES, messages_problem
 
 STAGE = "feedback"
-ROLES = ("system", "user", "assistant")
 _FLAG_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_ .:-]{0,39}$")
 
 
@@ -377,20 +377,14 @@ def _version_known(version: str | None, registered: set[str], patterns: list[str
 
 
 def parse_messages(text: str) -> list[dict[str, str]]:
-    """The request as chat messages; raises ValueError with a reason that quotes no content."""
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"not JSON ({e.msg} at char {e.pos})" if hasattr(e, "msg") else "not JSON") from None
-    if not isinstance(obj, list) or not obj:
-        raise ValueError("not a non-empty list of messages")
-    out = []
-    for i, m in enumerate(obj):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise ValueError(f"message {i} needs a role in {ROLES} and string content")
-        out.append({"role": m["role"], "content": m["content"]})
+    """The request as chat messages; raises ValueError with a reason code that quotes no content."""
+    problem = messages_problem(text if isinstance(text, str) else None, roles=ROLES, check_text=False)
+    if problem:
+        where = "" if problem.index is None else f" at message {problem.index}"
+        raise ValueError(f"{problem.reason}{where}")
+    out = [{"role": m["role"], "content": m["content"]} for m in json.loads(text)]
     if out[-1]["role"] != "user":
-        raise ValueError("the request must end with a user message")
+        raise ValueError("last_message_not_user")
     return out
 
 

@@ -35,9 +35,9 @@ from tasks.core import (
     finish_stage,
     record_id,
 )
+from tasks.messages import ROLES, coerce_messages, messages_problem
 
 Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
-ROLES = ("system", "user", "assistant")
 
 
 class ColumnMap(StrictModel):
@@ -79,18 +79,13 @@ class _BadRow(Exception):
 
 
 def _check_messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise _BadRow("bad_messages", "`messages` must be a non-empty list")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _BadRow("bad_messages", f"message {i} needs `role` and `content`")
-        if m["role"] not in ROLES:
-            raise _BadRow("bad_role", f"message {i} has role {str(m['role'])[:20]!r}")
-        if not isinstance(m["content"], str):
-            raise _BadRow("non_string_content", f"message {i} content is {type(m['content']).__name__}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+    # Text checks (binary, lone surrogates) are the PII stage's: ingest only checks the chat's shape.
+    messages = coerce_messages(messages)
+    problem = messages_problem(messages, roles=ROLES, check_text=False)
+    if problem:
+        where = "" if problem.index is None else f" (message {problem.index})"
+        raise _BadRow(problem.reason, f"`messages` is unusable: {problem.reason}{where}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _str_field(obj: dict, key: str, required: bool = True) -> str:
