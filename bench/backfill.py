@@ -22,8 +22,9 @@ def main() -> None:
     from tasks.home import configure_environment
 
     configure_environment()
-    from flows.backfill import backfill_feedback, feedback_root, partition_paths
+    from flows.backfill import backfill_feedback
     from tasks import feedback as fb
+    from tasks.backfill import feedback_root, partition_paths
 
     if partition_paths():
         sys.exit(f"{feedback_root()} already holds partitions: point LORAFLOW_HOME at an empty folder")

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError
 from tasks.core import StageError, StrictModel
 from tasks.dedup import DedupConfig
 from tasks.evaluate import EvalConfig
-from tasks.ingest import IngestConfig
+from tasks.ingest import IngestConfig, SourceConfig
 from tasks.pii import PiiConfig
 from tasks.register import RegisterConfig
 from tasks.split import SplitConfig
@@ -85,23 +85,73 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RetrainConfig:
-    """Load a YAML config, apply overrides, validate; every problem is reported at once."""
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_data(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as plain data, with its ``extends:`` chain resolved.
+
+    ``extends: demo.yaml`` (relative to the file that says it) loads that file first and lays this one over it,
+    so an override file holds only what changes. Chains are allowed; a cycle is an error.
+    """
     path = Path(path)
     if not path.exists():
-        raise StageError(f"config file {path} does not exist")
+        origin = f" (extended by {_seen[-1]})" if _seen else ""
+        raise StageError(f"config file {path} does not exist{origin}")
+    if path.resolve() in _seen:
+        chain = " → ".join(str(p) for p in (*_seen, path.resolve()))
+        raise StageError(f"config file {path}: `extends` forms a cycle ({chain})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise StageError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise StageError(f"config file {path} must be a mapping of sections (data:, train:, ...)")
-    data = apply_overrides(data, list(overrides or []))
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise StageError(f"config file {path}: `extends` must name one config file (got {parent!r})")
+    base = read_config_data(path.parent / parent, (*_seen, path.resolve()))
+    return _merge(base, data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RetrainConfig:
+    """Load a YAML config (``extends:`` resolved), apply overrides, validate; every problem is reported at once."""
+    data = apply_overrides(read_config_data(path), list(overrides or []))
     try:
         return RetrainConfig.model_validate(data)
     except ValidationError as e:
         origin = f"{path}" + (f" with overrides {overrides}" if overrides else "")
         raise StageError(format_validation_error(e, origin)) from None
+
+
+def load_stage_config(path: str | Path | None, section: str) -> Any:
+    """One stage's config from a retrain config file (``pii``, ``dedup``...), or that stage's defaults."""
+    if not path:
+        return RetrainConfig.model_fields[section].default_factory()
+    return getattr(load_config(path), section)
+
+
+def resolve_config(config: str | Path, overrides: list[str], sources: list[str] | None) -> RetrainConfig:
+    """The config file plus the run's overrides, extra source files and (when enabled) the feedback partitions."""
+    from tasks.backfill import feedback_source
+
+    cfg = load_config(config, overrides)
+    extra = [SourceConfig(path=p) for p in sources or []]
+    if cfg.include_feedback:
+        extra.append(feedback_source())
+    if extra:
+        cfg.data.sources = [*cfg.data.sources, *extra]
+    return cfg
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_feedback import _msgs, seed_rows, write_jsonl
 
-from flows import backfill as bf
+from tasks import backfill as bf
 from tasks import feedback as fb
 from tasks.core import RECORD_COLUMNS, StageError, StageOutcome, empty_quarantine, file_sha256, read_records, record_id
 

@@ -229,7 +229,8 @@ def backfill_command(
     ] = None,
 ) -> None:
     """Backfill production feedback for [start, end) into one scrubbed partition per day (idempotent)."""
-    from flows.backfill import backfill_feedback, days
+    from flows.backfill import backfill_feedback
+    from tasks.backfill import days
     from tasks.core import StageError
 
     try:
