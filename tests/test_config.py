@@ -57,3 +57,45 @@ def test_form_fields_become_overrides_and_flatten_gives_mlflow_params():
     assert flat["train.lora_r"] == "4" and flat["train.max_steps"] == "3"
     assert flat["validate.contract"] == "demo"
     assert any(k.startswith("pii.") for k in flat) and any(k.startswith("dedup.") for k in flat)
+
+
+def test_extends_lays_the_file_over_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "base", "data": {"sources": [{"path": "a.jsonl"}]}, "train": {"lora_r": 8, "epochs": 2}}
+        )
+    )
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "mid.yaml").write_text(yaml.safe_dump({"extends": "../base.yaml", "train": {"lora_r": 4}}))
+    (sub / "top.yaml").write_text(yaml.safe_dump({"extends": "mid.yaml", "name": "top"}))
+    cfg = load_config(sub / "top.yaml", ["train.epochs=3"])
+    assert cfg.name == "top" and cfg.train.lora_r == 4 and cfg.train.epochs == 3  # chain, then the overrides
+    assert [s.path for s in cfg.data.sources] == ["a.jsonl"]
+    (tmp_path / "list.yaml").write_text(
+        yaml.safe_dump({"extends": "base.yaml", "data": {"sources": [{"path": "b.jsonl"}, {"path": "c.jsonl"}]}})
+    )
+    assert [s.path for s in load_config(tmp_path / "list.yaml").data.sources] == ["b.jsonl", "c.jsonl"]
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(StageError, match="cycle"):
+        load_config(a)
+    a.write_text("extends: missing.yaml\n")
+    with pytest.raises(StageError, match=r"missing.yaml does not exist \(extended by"):
+        load_config(a)
+    a.write_text("extends: [b.yaml]\n")
+    with pytest.raises(StageError, match="must name one config file"):
+        load_config(a)
+
+
+def test_production_is_an_override_of_the_demo():
+    root = CONFIGS[0].parent
+    assert yaml.safe_load((root / "production.yaml").read_text())["extends"] == "demo.yaml"
+    demo, prod = (flatten(load_config(root / f).dump()) for f in ("demo.yaml", "production.yaml"))
+    changed = {k for k in demo.keys() | prod.keys() if demo.get(k) != prod.get(k)}
+    assert changed == {"name", "split.max_train_rows", "train.learning_rate", "train.batch_size", "train.max_val_rows"}
+    assert prod["data.sources"] == demo["data.sources"] and prod["pii.allow_list"] == demo["pii.allow_list"]
