@@ -23,7 +23,7 @@ from tasks.pii import scrub_pii_task
 from tasks.register import current_champion, register_task
 from tasks.split import split_task
 from tasks.train import train_task
-from tasks.validate import ContractViolation, tracking_artifacts, validate_splits_task, validate_task
+from tasks.validate import ContractViolation, validate_splits_task, validate_task
 
 
 def resolve_config(params: RetrainParams) -> RetrainConfig:
@@ -51,9 +51,8 @@ def _log_stage(run_id: str, result: StageResult) -> None:
 
 
 def _log_validation_artifacts(run_id: str, report: dict[str, Any]) -> None:
-    """Great Expectations' validation result, the rules table and the Data Docs HTML."""
-    for path, dest in tracking_artifacts(report):
-        tracking.log_artifact(run_id, path, dest)
+    """Great Expectations' validation result, the rules table and an offline HTML report."""
+    tracking.log_validation(run_id, report)
 
 
 def _summary_markdown(cfg: RetrainConfig, counts: list[StageResult], evaluation, registration, run_id: str) -> str:
@@ -105,9 +104,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
         cfg.name,
         run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={
-            "prefect.flow_run_id": flow_run_id,
-            "prefect.flow_run_name": str(runtime.flow_run.name or ""),
-            "prefect.flow_run_url": str(runtime.flow_run.ui_url or ""),
+            **tracking.flow_run_tags(flow_run_id, str(runtime.flow_run.name or ""), runtime.flow_run.ui_url),
             "loraflow.config": params.config,
             "loraflow.dry_run": str(params.dry_run),
         },
@@ -151,7 +148,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
         stages.append(validated)
         splits = split_task(validated.data, cfg.split, out_dir)
         logger.info("split: %s", " ".join(f"{k}={v}" for k, v in splits.counts.items()))
-        tracking.log_metrics(run_id, {f"split.{k}": v for k, v in splits.counts.items()})
+        tracking.log_metrics(run_id, tracking.stage_metric_names("split", splits.counts))
         tracking.log_artifact(run_id, splits.report_uri, "reports")
         validate_splits_task(splits, cfg.validate_)
         for name, ref in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
@@ -159,6 +156,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
         tracking.json_artifact(
             run_id, {r.stage: {k: v for k, v in r.counts.items()} for r in stages}, "reports/quarantine_counts.json"
         )
+        tracking.log_stage_table(run_id, stages)
+        about = {"config": params.config, "base_model": base.name or base.path, "splits": splits.counts,
+                 "digests": {n: getattr(splits, n).sha256 for n in ("train", "val", "test")}}  # fmt: skip
+        tracking.set_description(run_id, tracking.run_description(**about))
         if params.dry_run:
             logger.info("dry run: data stages done, stopping before training")
             status = "FINISHED"
@@ -178,8 +179,16 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
             tracking.log_metrics(run_id, {f"eval.{model}.{k}": v for k, v in metrics.items()})
             logger.info("eval %s: %s", model, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         tracking.log_artifact(run_id, evaluation.report_uri, "eval")
-        tracking.log_artifact(run_id, evaluation.predictions_uri, "eval")
+        tracking.log_predictions(run_id, evaluation.predictions_uri)
+        tracking.log_charts(run_id, Path(run_dir) / "charts", stages, evaluation.metrics, evaluation.predictions_uri,
+                            classification=cfg.evaluate.task == "classification")  # fmt: skip
         registration = register_task(run_id, trained, evaluation, cfg.register_, model_name, splits.train.sha256)
+        tracking.set_description(
+            run_id,
+            tracking.run_description(
+                **about, train=trained.model_dump(), metrics=evaluation.metrics, decision=registration.model_dump()
+            ),
+        )
         logger.info(
             "registered %s version %s, aliases %s; promoted=%s: %s",
             registration.model_name,

@@ -1,14 +1,15 @@
 """Register the candidate adapter in the MLflow model registry and decide, by a gate, whether it becomes champion.
 
 Every candidate becomes a new model version with alias ``challenger``. ``champion`` moves to it only when the
-gate passes: on the same frozen test split, the candidate's ``gate_metric`` beats the base model's AND the
-current champion's by at least ``gate_margin``. The decision and every reason for it are logged to the run
+gate passes (:mod:`tasks.gate`): on the same frozen test split, the candidate's ``gate_metric`` beats the best
+prompt-engineering baseline AND the current champion by at least ``gate_margin``. The decision and every reason for it are logged to the run
 (tag ``loraflow.register.decision``, metric ``register.promoted``, artifact ``register/decision.json``) and
 tagged on the version.
 
-Only the adapter folder is logged (safetensors + tokenizer + ``loraflow-adapter.json``); the base model is
-referenced by path and sha256 tags, never copied. The version is created from the run's artifact URI with
-``MlflowClient.create_model_version`` (``mlflow.register_model`` on ``runs:/`` needs a logged model flavour).
+The adapter folder is logged (safetensors + tokenizer + ``loraflow-adapter.json``) under ``adapter/``, and the
+version is a servable MLflow pyfunc under ``model/`` (:mod:`tasks.serving_model`: the adapter attached to a base
+model found by path + sha256, never copied), so ``mlflow.pyfunc.load_model("models:/NAME@champion")`` answers
+chat prompts. The version is created from that artifact URI with ``MlflowClient.create_model_version``.
 """
 
 import json
@@ -19,33 +20,18 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tasks.core import StageError, StrictModel
+from tasks.core import StageError
 from tasks.evaluate import EvalResult
+from tasks.gate import GateConfig, gate_decision
+from tasks.tracking import version_description
 from tasks.train import TrainResult, adapter_files
 
 
-class RegisterConfig(StrictModel):
-    """Registry name, promotion gate and alias names."""
+class RegisterConfig(GateConfig):
+    """Registry name, promotion gate (:class:`tasks.gate.GateConfig`) and alias names."""
 
     model_name: str | None = Field(
         None, description="Registered model name in MLflow (None: the config's project name, passed by the flow)."
-    )
-    gate_metric: str = Field(
-        "accuracy_constrained",
-        description="Eval metric the gate compares (higher is better): accuracy_constrained is how a classifier "
-        "is served; accuracy is free generation.",
-    )
-    gate_margin: float = Field(
-        0.02,
-        ge=0.0,
-        le=1.0,
-        description="The candidate must beat base and champion by at least this much (0.02 = 2 points). Larger: "
-        "fewer promotions on test-set noise (one row of 500 is 0.2 points).",
-    )
-    require_champion_comparison: bool = Field(
-        True,
-        description="When a champion exists but could not be scored on this test set (e.g. a different base "
-        "model), refuse promotion (True) or compare with the base only (False).",
     )
     challenger_alias: str = Field("challenger", description="Alias every new candidate version gets.")
     champion_alias: str = Field("champion", description="Alias of the version in service; moved only by the gate.")
@@ -72,71 +58,6 @@ class Registration(BaseModel):
     reasons: list[str]
     previous_champion: str | None = None
     source: str
-
-
-# --------------------------------------------------------------------------------------------- gate
-
-
-def _beats(candidate: float, other: float, margin: float) -> bool:
-    """``candidate - other >= margin``, tolerant of float noise (0.12 - 0.10 is 0.01999...)."""
-    return candidate - other >= margin - 1e-9
-
-
-def gate_decision(
-    metrics: dict[str, dict[str, float]],
-    cfg: RegisterConfig,
-    champion_version: str | None = None,
-    candidate: str = "candidate",
-) -> tuple[bool, list[str]]:
-    """Decide promotion from the eval metrics; returns (promote, reasons). Pure: no MLflow involved.
-
-    Args:
-        metrics: ``EvalResult.metrics`` (``{"base": {...}, "candidate": {...}, "champion": {...}}``).
-        cfg: gate settings.
-        champion_version: the current champion's version, or None when there is none yet.
-        candidate: the key of the candidate in ``metrics``.
-    """
-    key, margin = cfg.gate_metric, cfg.gate_margin
-    reasons: list[str] = []
-    cand = metrics.get(candidate, {}).get(key)
-    if cand is None:
-        return False, [f"candidate has no {key!r} metric (evaluated: {sorted(metrics.get(candidate, {}))})"]
-    ok = True
-    base = metrics.get("base", {}).get(key)
-    if base is None:
-        ok = False
-        reasons.append(f"base model has no {key!r} metric to compare with")
-    elif _beats(cand, base, margin):
-        reasons.append(f"candidate {key} {cand:.4f} beats base {base:.4f} by {cand - base:+.4f} (margin {margin})")
-    else:
-        ok = False
-        reasons.append(
-            f"candidate {key} {cand:.4f} does not beat base {base:.4f} by the margin {margin} ({cand - base:+.4f})"
-        )
-    if champion_version is None:
-        reasons.append("no current champion: base is the only comparison")
-    else:
-        champ = metrics.get("champion", {}).get(key)
-        if champ is None:
-            if cfg.require_champion_comparison:
-                ok = False
-                reasons.append(
-                    f"champion v{champion_version} could not be scored on this test set; "
-                    "refusing to replace it (register.require_champion_comparison=true)"
-                )
-            else:
-                reasons.append(f"champion v{champion_version} not scored; compared with base only")
-        elif _beats(cand, champ, margin):
-            reasons.append(
-                f"candidate {key} {cand:.4f} beats champion v{champion_version} {champ:.4f} by {cand - champ:+.4f}"
-            )
-        else:
-            ok = False
-            reasons.append(
-                f"candidate {key} {cand:.4f} does not beat champion v{champion_version} {champ:.4f} by the margin "
-                f"{margin} ({cand - champ:+.4f})"
-            )
-    return ok, reasons
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -180,6 +101,9 @@ def current_champion(model_name: str, dst_dir: str | None = None, alias: str = "
             f"the champion of {model_name!r} (version {mv.version}) points at {mv.source}, which cannot be "
             f"downloaded: {exc}. Move the champion alias to a version whose artifacts exist, or delete the alias."
         ) from None
+    # A servable (pyfunc) version keeps its adapter under artifacts/adapter; older versions are the adapter.
+    if (Path(local) / "artifacts" / "adapter" / "adapter_config.json").exists():
+        local = str(Path(local) / "artifacts" / "adapter")
     return ChampionInfo(
         model_name=model_name,
         version=str(mv.version),
@@ -220,13 +144,12 @@ def register_candidate(
     adapter = Path(train.adapter_dir)
     if not (adapter / "adapter_config.json").exists():
         raise StageError(f"no adapter to register: {adapter} holds no adapter_config.json.")
+    files = adapter_files(adapter)  # only the adapter's own files: out_dir may also hold other outputs
     with tempfile.TemporaryDirectory(prefix="loraflow-adapter-") as tmp:
-        # Only the adapter's own files: out_dir may also hold other outputs of the run.
-        for f in adapter_files(adapter):
+        for f in files:
             shutil.copy2(f, Path(tmp) / f.name)
         client.log_artifacts(run_id, tmp, artifact_path=cfg.artifact_path)
-    run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{cfg.artifact_path}"
+    source = _log_servable_model(run_id, train, evaluation, files)
 
     try:
         client.get_registered_model(name)
@@ -236,7 +159,14 @@ def register_candidate(
         )
     previous = _alias_version(client, name, cfg.champion_alias)
     prev_version = str(previous.version) if previous is not None else None
-    promote, reasons = gate_decision(evaluation.metrics, cfg, prev_version, candidate=candidate)
+    promote, reasons = gate_decision(
+        evaluation.metrics,
+        cfg,
+        prev_version,
+        candidate=candidate,
+        intervals=evaluation.intervals,
+        forgetting=evaluation.forgetting,
+    )
 
     version_tags = {
         "base_model": train.base_model,
@@ -252,13 +182,18 @@ def register_candidate(
             version_tags[f"eval.{model}.{metric}"] = f"{value:.6g}"
     if dataset_digest:
         version_tags["train_dataset_sha256"] = dataset_digest
+    test_digest = _test_digest(evaluation)
+    if test_digest:
+        version_tags["test_dataset_sha256"] = test_digest
+    version_tags["decision"] = "promoted" if promote else "not_promoted"
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    digests = {"train": dataset_digest or "", "test": test_digest or ""}
     mv = client.create_model_version(
         name,
         source=source,
         run_id=run_id,
         tags=version_tags,
-        description="; ".join(reasons),
+        description=version_description(evaluation.metrics, promote, reasons, digests, train.base_model, run_id),
     )
     version = str(mv.version)
     client.set_registered_model_alias(name, cfg.challenger_alias, version)
@@ -291,6 +226,28 @@ def register_candidate(
         previous_champion=prev_version,
         source=source,
     )
+
+
+def _test_digest(evaluation: EvalResult) -> str | None:
+    """The test split's content hash, from the evaluation report (None when the report is gone)."""
+    try:
+        return json.loads(Path(evaluation.report_uri).read_text())["test"]["sha256"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _log_servable_model(run_id: str, train: TrainResult, evaluation: EvalResult, files: list[Path]) -> str:
+    """Log the candidate as an MLflow pyfunc (base by path + hash, adapter attached); returns its artifact URI."""
+    from tasks.serving_model import log_pyfunc, settings_from_training
+
+    try:
+        max_new = json.loads(Path(evaluation.report_uri).read_text()).get("max_new_tokens")
+    except (OSError, ValueError):
+        max_new = None
+    settings = settings_from_training(
+        train.adapter_dir, train.base_model, train.base_model_sha256, evaluation.labels, max_new
+    )
+    return log_pyfunc(run_id, files, settings)
 
 
 @task(name="register")

@@ -18,6 +18,7 @@ from tasks.core import DatasetRef, StageResult, read_records
 # MLflow 3 accepts param values up to 6,000 characters; longer ones are cut with a marker (and the full value
 # is in the config artifact anyway).
 _MAX_PARAM = 6000
+STAGE_PREFIX = "stage/"
 _PACKAGES = (
     "loraflow",
     "prefect",
@@ -90,12 +91,19 @@ def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None
         client().log_artifact(run_id, str(path), artifact_path)
 
 
+def stage_metric_names(stage: str, counts: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
+    """A stage's counts and report metrics under ``stage/`` (``stage/dedup.kept``): the MLflow UI folds each
+    ``prefix/`` into its own chart section, so the eval metrics and loss curves stay on top of the run page."""
+    out = {f"{STAGE_PREFIX}{stage}.{k}": v for k, v in counts.items()}
+    for k, v in (extra or {}).items():
+        out[STAGE_PREFIX + (k if "." in k else f"{stage}.{k}")] = v
+    return out
+
+
 def log_stage(run_id: str, result: StageResult) -> None:
-    """Per-stage counts as metrics (``dedup.kept``, ``dedup.quarantined_near_duplicate``), report as artifact."""
-    log_metrics(run_id, {f"{result.stage}.{k}": v for k, v in result.counts.items()})
+    """Per-stage counts as ``stage/<stage>.<count>`` metrics, the stage report as an artifact."""
     report = json.loads(Path(result.report_uri).read_text())
-    if report.get("metrics"):
-        log_metrics(run_id, {k if "." in k else f"{result.stage}.{k}": v for k, v in report["metrics"].items()})
+    log_metrics(run_id, stage_metric_names(result.stage, result.counts, report.get("metrics")))
     log_artifact(run_id, result.report_uri, "reports")
 
 
@@ -154,3 +162,239 @@ def environment_params() -> dict[str, str]:
 
 def json_artifact(run_id: str, data: Any, artifact_file: str) -> None:
     client().log_dict(run_id, data, artifact_file)
+
+
+# --------------------------------------------------------------------------------------------- what a person sees
+
+
+def set_description(run_id: str, markdown: str) -> None:
+    """The run's description (the note the MLflow UI shows at the top of the run page)."""
+    client().set_tag(run_id, "mlflow.note.content", markdown)
+
+
+def run_url(run_id: str) -> str | None:
+    """The run's page in the MLflow UI when the tracking server is HTTP; None for a local store."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("http"):
+        return None
+    exp = client().get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+
+
+def ui_hint() -> str:
+    """How to open a local tracking store: the exact ``loraflow ui`` line (with this home when it is not the default)."""
+    home = os.environ.get("LORAFLOW_HOME")
+    prefix = f"LORAFLOW_HOME={home} " if home else ""
+    return f"`{prefix}loraflow ui`, then http://127.0.0.1:5000"
+
+
+def run_link(run_id: str) -> str:
+    """A Markdown link to the run when the server is HTTP, else the run id and how to open it."""
+    url = run_url(run_id)
+    return f"[{run_id}]({url})" if url else f"`{run_id}` (open with {ui_hint()})"
+
+
+def flow_run_tags(flow_run_id: str, flow_run_name: str, ui_url: str | None) -> dict[str, str]:
+    """Tags linking the MLflow run to its Prefect flow run; the URL only when a real UI URL exists (the
+    embedded API has none, and Prefect then builds ``None/flow-runs/...``)."""
+    tags = {"prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": flow_run_name}
+    if ui_url and ui_url.startswith("http"):
+        tags["prefect.flow_run_url"] = ui_url
+    return tags
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of a step metric, the last value per step."""
+    by_step = {m.step: m.value for m in sorted(client().get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+    return sorted(by_step.items())
+
+
+def log_predictions(run_id: str, predictions_uri: str, artifact_file: str = "eval/predictions.json") -> int:
+    """The predictions Parquet as an MLflow table (``log_table`` JSON), which the UI previews row by row; the
+    Parquet is logged beside it for tools. Returns the rows logged."""
+    import pandas as pd
+
+    df = pd.read_parquet(predictions_uri)
+    client().log_table(run_id, data=df, artifact_file=artifact_file)
+    log_artifact(run_id, predictions_uri, "eval")
+    return len(df)
+
+
+def log_stage_table(run_id: str, stages: list[StageResult], artifact_file: str = "reports/stage_counts.json") -> None:
+    """Every stage's counts as one previewable table (one row per stage, one column per count)."""
+    rows = [{"stage": r.stage, **r.counts} for r in stages]
+    cols = sorted({k for r in rows for k in r if k != "stage"}, key=lambda k: (k not in _LEDGER, _LEDGER.get(k, 9), k))
+    client().log_table(
+        run_id, data={c: [r.get(c, 0) for r in rows] for c in ["stage", *cols]}, artifact_file=artifact_file
+    )
+
+
+_LEDGER = {"rows_in": 0, "kept": 1, "quarantined": 2}
+
+
+def log_charts(
+    run_id: str,
+    out_dir: str | Path,
+    stages: list[StageResult],
+    metrics: dict[str, dict[str, float]] | None = None,
+    predictions_uri: str | None = None,
+    classification: bool = True,
+) -> list[str]:
+    """Draw the run's pictures and log them under ``charts/``; returns the artifact paths logged.
+
+    Loss curves from the run's ``train_loss`` / ``val_loss`` history, per-metric bars per model, confusion
+    matrices (base vs candidate) for classification, rows kept / quarantined per stage and PII entities by type.
+    """
+    from tasks import charts
+
+    out = Path(out_dir)
+    made: list[Path] = []
+    train, val = metric_history(run_id, "train_loss"), metric_history(run_id, "val_loss")
+    if train or val:
+        made.append(charts.loss_curves(train, val, out / "loss_curves.png"))
+        if val:
+            step, loss = charts.best_step(val)
+            log_metrics(run_id, {"best_val_loss": loss, "best_step": step})
+    if metrics:
+        made.append(charts.metric_bars(metrics, out / "eval_metrics.png"))
+    if predictions_uri and classification:
+        import pandas as pd
+
+        cm = charts.confusion_matrices(pd.read_parquet(predictions_uri), out / "confusion_matrix.png")
+        made += [cm] if cm else []
+    if stages:
+        made.append(charts.stage_counts([{"stage": r.stage, "counts": r.counts} for r in stages], out / "stages.png"))
+    entities = _pii_entities(stages)
+    if entities:
+        made.append(charts.count_bars(entities, out / "pii_entities.png", "PII entities replaced, by type"))
+    for path in made:
+        log_artifact(run_id, path, "charts")
+    return [f"charts/{p.name}" for p in made]
+
+
+def _pii_entities(stages: list[StageResult]) -> dict[str, float]:
+    for r in stages:
+        if r.stage in ("scrub_pii", "pii") and Path(r.report_uri).exists():
+            m = json.loads(Path(r.report_uri).read_text()).get("metrics") or {}
+            return {k.rsplit(".", 1)[-1]: v for k, v in m.items() if ".entities." in k and v}
+    return {}
+
+
+_HTML_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem;color:#1a1a1a;max-width:72rem}
+h1{font-size:1.4rem;margin-bottom:.2rem} .sub{color:#555;margin-top:0}
+table{border-collapse:collapse;width:100%;margin-top:1rem;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.35rem .6rem;text-align:left;vertical-align:top}
+th{background:#f3f5f7} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.pass{background:#e6f4ea;color:#137333;font-weight:600} .warn{background:#fef7e0;color:#a15c00;font-weight:600}
+.block{background:#fce8e6;color:#c5221f;font-weight:600} .desc{color:#555;font-size:.82rem}
+.cards{display:flex;gap:1rem;margin-top:1rem} .card{border:1px solid #d0d7de;border-radius:6px;padding:.6rem 1rem}
+.card b{display:block;font-size:1.3rem}
+"""
+
+
+def validation_html(report: dict[str, Any]) -> str:
+    """The data-contract result as one self-contained HTML page: inline CSS, no script, no font, no CDN (Great
+    Expectations' Data Docs load theirs from CDNs and render blank offline)."""
+    from html import escape
+
+    c, s = report.get("contract", {}), report.get("summary", {})
+    rows = []
+    for r in report.get("rules", []):
+        cls = "pass" if r["passed"] else ("block" if r["severity"] == "block" else "warn")
+        verdict = "passed" if r["passed"] else ("BLOCKED" if r["severity"] == "block" else "warning")
+        ids = ", ".join(r.get("example_ids") or [])[:300]
+        rows.append(
+            f"<tr><td><b>{escape(r['rule'])}</b><div class=desc>{escape(r.get('description') or '')}</div></td>"
+            f"<td>{escape(r['severity'])}</td><td>{escape(str(r['observed']))}</td>"
+            f"<td>{escape(str(r['threshold']))}</td><td class={cls}>{verdict}</td>"
+            f"<td class=n>{r['rows_affected']}</td><td class=desc>{escape(ids)}</td></tr>"
+        )
+    cards = "".join(
+        f"<div class=card>{label}<b>{s.get(key, 0)}</b></div>"
+        for key, label in (("rows_in", "rows in"), ("kept", "kept"), ("quarantined", "quarantined"))
+    )
+    blocked = report.get("blocked") or []
+    verdict = f"blocked by {', '.join(blocked)}" if blocked else "passed (no blocking rule failed)"
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>Data contract {escape(c.get('name', '?'))}</title>"
+        f"<style>{_HTML_STYLE}</style></head><body>"
+        f"<h1>Data contract <code>{escape(c.get('name', '?'))}</code>: {escape(verdict)}</h1>"
+        f"<p class=sub>{escape(c.get('path', ''))} · task {escape(str(c.get('task', '')))}</p><div class=cards>{cards}</div>"
+        "<table><tr><th>rule</th><th>severity</th><th>observed</th><th>threshold</th><th>result</th>"
+        f"<th>rows affected</th><th>example ids</th></tr>{''.join(rows)}</table></body></html>"
+    )
+
+
+def log_validation(run_id: str, report: dict[str, Any]) -> None:
+    """A validate report's evidence: GX's result JSON, the rules JSON and ``validate/report.html`` (offline-safe,
+    in place of GX's Data Docs folder, which needs CDNs and carries ~4 MB of fonts)."""
+    arts = report.get("artifacts") or {}
+    for key in ("gx_validation_results", "rules"):
+        if key in arts:
+            log_artifact(run_id, arts[key], "validate")
+    if report.get("rules"):
+        client().log_text(run_id, validation_html(report), "validate/report.html")
+
+
+def metrics_markdown(metrics: dict[str, dict[str, float]]) -> list[str]:
+    """``{model: {metric: value}}`` as a Markdown table, one row per metric, one column per model."""
+    models = list(metrics)
+    keys = sorted({k for m in models for k in metrics[m]})
+    lines = ["| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for k in keys:
+        vals = [metrics[m].get(k) for m in models]
+        lines.append(f"| {k} | " + " | ".join("" if v is None else f"{v:.4f}" for v in vals) + " |")
+    return lines
+
+
+def run_description(
+    config: str,
+    base_model: str,
+    splits: dict[str, int],
+    digests: dict[str, str],
+    train: dict[str, Any] | None = None,
+    metrics: dict[str, dict[str, float]] | None = None,
+    decision: dict[str, Any] | None = None,
+) -> str:
+    """The run page's description: what was trained, on what, how it scored and what the gate decided."""
+    lines = [f"**LoRA retrain** of `{base_model}` from `{config}`.", ""]
+    data = ", ".join(
+        f"{k} {splits[k]} rows (`{digests.get(k, '')[:12]}`)" for k in ("train", "val", "test") if k in splits
+    )
+    lines += [f"**Data**: {data}.", ""]
+    if train:
+        lines += [
+            f"**Training**: {train['steps']} steps on {train['train_rows']} rows, {train['tokens_per_s']:.0f} tokens/s"
+            f" ({train['device']}); final train loss {train.get('train_loss') or float('nan'):.4f}, val loss "
+            f"{train.get('val_loss') or float('nan'):.4f}.",
+            "",
+        ]
+    if metrics:
+        lines += ["**Test set**:", "", *metrics_markdown(metrics), ""]
+    if decision:
+        verdict = "promoted to champion" if decision["promoted"] else "not promoted"
+        lines += [f"**Decision**: {decision['model_name']} version {decision['version']} {verdict}."]
+        lines += [f"- {r}" for r in decision["reasons"]]
+    else:
+        lines += ["**Decision**: none (stopped before registration)."]
+    lines += ["", "Charts: `charts/`; predictions: `eval/predictions.json`; data contract: `validate/report.html`."]
+    return "\n".join(lines)
+
+
+def version_description(
+    metrics: dict[str, dict[str, float]],
+    promoted: bool,
+    reasons: list[str],
+    digests: dict[str, str],
+    base_model: str,
+    run_id: str,
+) -> str:
+    """A model version's description: decision and reasons, the metrics table, the data it was trained and tested on."""
+    lines = [f"**{'Promoted to champion' if promoted else 'Not promoted'}** (run `{run_id}`).", ""]
+    lines += [f"- {r}" for r in reasons] + ["", *metrics_markdown(metrics), ""]
+    lines += [f"- base model: `{base_model}`"]
+    lines += [f"- {k} data sha256: `{v}`" for k, v in digests.items() if v]
+    return "\n".join(lines)

@@ -330,10 +330,10 @@ def train_adapter(
         steps = int(output.global_step)
         val_loss = None
         if val_ds is not None:
-            metrics = trainer.evaluate()
-            val_loss = float(metrics["eval_loss"])
-            if on_log is not None:
-                on_log({"val_loss": val_loss}, steps)
+            # The final val loss is logged once per step: reuse the periodic eval when it ran at the last step;
+            # otherwise evaluate() reports it through _Relay (no second on_log call here).
+            at_end = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == steps]
+            val_loss = float(at_end[-1]) if at_end else float(trainer.evaluate()["eval_loss"])
         train_loss = _last_train_loss(trainer.state.log_history)
         seen_rows = (
             min(steps * rows_per_step, len(train_ds) * cfg.epochs) if cfg.max_steps else len(train_ds) * cfg.epochs
