@@ -1,0 +1,197 @@
+"""The PII stage: scan every message of every record, replace what is found, quarantine what cannot be scanned.
+
+Nothing here logs or reports a raw value: reports hold counts per entity type and role only, and quarantine
+details say where a problem is (message index, content type, whether the role is a standard one), never text.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from tasks.caching import DATA_STAGE_CACHE
+from tasks.core import (
+    DatasetRef,
+    StageOutcome,
+    StageResult,
+    empty_quarantine,
+    empty_records,
+    quarantine_rows,
+    record_id,
+    run_stage,
+)
+from tasks.messages import ROLES, messages_problem
+
+from .anonymize import Pseudonyms, replace, salt
+from .config import PiiConfig, PiiSpan
+from .engine import detect_spans
+from .spans import propagate_names
+
+STAGE = "pii"
+
+# tasks.messages reason codes that this stage has always reported as one "malformed_messages".
+_MALFORMED = {"messages_not_json", "messages_not_a_list", "no_messages", "message_not_an_object",
+              "role_missing_or_not_text", "content_missing"}  # fmt: skip
+
+
+def _messages_problem(msgs: Any) -> tuple[str, dict[str, Any]] | None:
+    """The quarantine reason and a detail that quotes no text (the record is not scrubbed yet)."""
+    if not isinstance(msgs, list):
+        return "malformed_messages", {"type": type(msgs).__name__}
+    problem = messages_problem(msgs, roles=None)
+    if problem is None:
+        return None
+    detail: dict[str, Any] = {"message": problem.index} if problem.index is not None else {"type": "list"}
+    if problem.index is not None:
+        m = msgs[problem.index]
+        if isinstance(m, dict) and "content" in m:
+            role = m.get("role")
+            detail.update(standard_role=role in ROLES, type=type(m["content"]).__name__)
+        else:
+            detail["type"] = type(m).__name__
+    reason = "malformed_messages" if problem.reason in _MALFORMED else problem.reason
+    return reason, detail
+
+
+@dataclass
+class _Tally:
+    """Counts for the stage report (types and roles only, never values)."""
+
+    per_type: Counter = field(default_factory=Counter)
+    per_role: Counter = field(default_factory=Counter)
+    per_role_type: Counter = field(default_factory=Counter)
+    touched: int = 0
+
+    def add(self, role: str, spans: list[PiiSpan]) -> None:
+        for s in spans:
+            self.per_type[s.entity_type] += 1
+            self.per_role[role] += 1
+            self.per_role_type[f"{role}.{s.entity_type}"] += 1
+
+
+def _detect_by_row(records: pd.DataFrame, rows: list[int], cfg: PiiConfig) -> dict[int, dict[int, list[PiiSpan]]]:
+    """Spans by row and message index for every scanned message of ``rows`` (one batched detection call)."""
+    roles = set(cfg.roles) if cfg.roles is not None else None
+    where = [
+        (row, j)
+        for row in rows
+        for j, m in enumerate(records.iloc[row]["messages"])
+        if roles is None or m.get("role") in roles
+    ]
+    texts = [records.iloc[row]["messages"][j]["content"] for row, j in where]
+    by_row: dict[int, dict[int, list[PiiSpan]]] = {}
+    for (row, j), sp in zip(where, detect_spans(texts, cfg) if texts else [], strict=True):
+        by_row.setdefault(row, {})[j] = sp
+    if "PERSON" in cfg.entities:
+        for row, found in by_row.items():
+            propagate_names(records.iloc[row]["messages"], found)
+    return by_row
+
+
+def _scrub_record(rec: pd.Series, found: dict[int, list[PiiSpan]], cfg: PiiConfig, key: bytes | None, tally: _Tally):
+    """The scrubbed record and the entity types whose operator is drop_row (empty: keep it)."""
+    pseudo = Pseudonyms()
+    drop_types: Counter[str] = Counter()
+    new_msgs = []
+    for j, m in enumerate(rec["messages"]):
+        sp = found.get(j, [])
+        tally.add(str(m.get("role")), sp)
+        drop_types.update(
+            s.entity_type for s in sp if cfg.operators.get(s.entity_type, cfg.default_operator) == "drop_row"
+        )
+        new_msgs.append({**m, "content": replace(m["content"], sp, cfg, pseudo, key)})
+    tally.touched += any(found.get(j) for j in range(len(new_msgs)))
+    if drop_types:  # stored scrubbed with plain placeholders, never raw
+        ph = cfg.model_copy(update={"operators": {}, "default_operator": "placeholder"})
+        new_msgs = [
+            {**m, "content": replace(m["content"], found.get(j, []), ph, Pseudonyms(), None)}
+            for j, m in enumerate(rec["messages"])
+        ]
+    new = {"id": record_id(new_msgs), "messages": new_msgs, "source": rec.get("source"),
+           "created_at": rec.get("created_at"), "meta": rec.get("meta")}  # fmt: skip
+    return new, drop_types
+
+
+def _report(cfg: PiiConfig, tally: _Tally, n_dropped: int, n_bad: int, n_scanned: int) -> dict[str, Any]:
+    return {
+        "entities_found": int(sum(tally.per_type.values())),
+        "entities_by_type": dict(sorted(tally.per_type.items())),
+        "entities_by_role": dict(sorted(tally.per_role.items())),
+        "entities_by_role_and_type": dict(sorted(tally.per_role_type.items())),
+        "records_touched": int(tally.touched),
+        "records_dropped_by_policy": n_dropped,
+        "records_quarantined_bad_content": n_bad,
+        "messages_scanned": n_scanned,
+        "roles_scanned": sorted(cfg.roles) if cfg.roles is not None else "all",
+        "operators": {e: cfg.operators.get(e, cfg.default_operator) for e in cfg.entities},
+        "spacy_model": cfg.spacy_model,
+    }
+
+
+def _empty_report(cfg: PiiConfig) -> dict[str, Any]:
+    return {"entities_found": 0, "entities_by_type": {}, "entities_by_role": {}, "records_touched": 0,
+            "records_dropped_by_policy": 0, "records_quarantined_bad_content": 0, "messages_scanned": 0}  # fmt: skip
+
+
+def scrub(records: pd.DataFrame, cfg: PiiConfig) -> StageOutcome:
+    """Detect and replace PII in every scanned message of every record (see :func:`scrub_with_spans`)."""
+    return scrub_with_spans(records, cfg)[0]
+
+
+def scrub_with_spans(
+    records: pd.DataFrame, cfg: PiiConfig
+) -> tuple[StageOutcome, dict[tuple[int, int], list[PiiSpan]]]:
+    """Detect and replace PII in every scanned message of every record.
+
+    Quarantined: records whose messages are not a list of {role, content} with string, valid-UTF-8 text
+    (reasons ``malformed_messages``, ``non_string_content``, ``invalid_utf8``, ``binary_content``; the record is
+    not stored, only where the problem is), and records holding an entity whose operator is ``drop_row``
+    (reason ``pii_drop_row``; stored scrubbed with placeholders). Kept records get new ids computed from the
+    scrubbed text.
+
+    Returns the outcome and the detected spans by (row position in ``records``, message index), offsets into
+    the original message text (for ``loraflow scrub --spans``).
+    """
+    if len(records) == 0:
+        return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report=_empty_report(cfg)), {}
+    records = records.reset_index(drop=True)
+    problems = {row: p for row, msgs in enumerate(records["messages"]) if (p := _messages_problem(msgs))}
+    good = [row for row in range(len(records)) if row not in problems]
+    by_row = _detect_by_row(records, good, cfg)
+    key = salt(cfg) if "hash" in {cfg.default_operator, *cfg.operators.values()} else None
+    tally = _Tally()
+    kept_rows, drop_idx, drop_details, drop_records = [], [], [], []
+    for row in good:
+        new, drop_types = _scrub_record(records.iloc[row], by_row.get(row, {}), cfg, key, tally)
+        if drop_types:
+            drop_idx.append(row)
+            drop_details.append({"entity_types": dict(sorted(drop_types.items()))})
+            drop_records.append(new)
+        else:
+            kept_rows.append(new)
+
+    kept = pd.DataFrame(kept_rows, columns=empty_records().columns) if kept_rows else empty_records()
+    bad_idx = sorted(problems)
+    q_bad = quarantine_rows(STAGE, records.iloc[bad_idx], [problems[r][0] for r in bad_idx],
+                            [problems[r][1] for r in bad_idx], include_record=False)  # fmt: skip
+    q_drop = quarantine_rows(STAGE, pd.DataFrame(drop_records), "pii_drop_row", drop_details)
+    parts = [q for q in (q_bad, q_drop) if len(q)]
+    quarantined = pd.concat(parts, ignore_index=True) if parts else empty_quarantine()
+    n_scanned = sum(len(found) for found in by_row.values())
+    report = _report(cfg, tally, len(drop_idx), len(bad_idx), n_scanned)
+    metrics = {
+        "pii.entities_found": float(report["entities_found"]),
+        "pii.records_touched": float(tally.touched),
+        "pii.records_dropped_by_policy": float(len(drop_idx)),
+        **{f"pii.entities.{t}": float(n) for t, n in sorted(tally.per_type.items())},
+    }
+    spans = {(row, j): sp for row, found in sorted(by_row.items()) for j, sp in sorted(found.items())}
+    return StageOutcome(kept=kept, quarantined=quarantined, report=report, metrics=metrics), spans
+
+
+@task(name="scrub_pii", cache_policy=DATA_STAGE_CACHE, persist_result=True)
+def scrub_pii_task(ref: DatasetRef, cfg: PiiConfig, out_dir: str) -> StageResult:
+    """Prefect wrapper: scrub ``ref`` and write ``<out_dir>/pii/pii-<digest>.parquet`` plus report."""
+    return run_stage(STAGE, scrub, ref, cfg, out_dir)
