@@ -1,6 +1,6 @@
 """The retrain flow's configuration: the stage configs, composed, loaded from YAML with ``--set`` overrides.
 
-Each stage owns its config (``tasks/pii.py`` defines ``PiiConfig``...); this module only composes them and turns
+Each stage owns its config (``tasks/pii/`` defines ``PiiConfig``...); this module only composes them and turns
 every problem — unknown keys, wrong types, bad values, in the file or in an override — into one message that
 lists them all with their key paths.
 """
