@@ -12,7 +12,10 @@ Everything a run writes lives under one folder, ``LORAFLOW_HOME`` (default ``./.
 ``MLFLOW_TRACKING_URI`` and ``PREFECT_API_URL`` set by the user win: the same code then talks to real servers.
 """
 
+import logging
 import os
+import re
+import warnings
 from pathlib import Path
 
 
@@ -56,7 +59,55 @@ def configure_environment() -> Path:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    show_each_warning_once()
     return home
+
+
+class _FirstOfEachWarning(logging.Filter):
+    """Lets through the first record of each distinct warning (category and text, whatever the location)."""
+
+    _LOCATION = re.compile(r"^.*?:\d+: ")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().splitlines()
+        key = self._LOCATION.sub("", lines[0]) if lines else ""
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+class _StderrUntilConfigured(logging.StreamHandler):
+    """Prints a warning to stderr (as Python does) while the root logger has no handler of its own yet.
+
+    Once Prefect (or anything) configures the root logger, warnings propagate there and this stays silent.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def show_each_warning_once() -> None:
+    """Each distinct warning (same category and text) reaches the log once per process, wherever it comes from.
+
+    Python's own ``once`` filter forgets what it showed whenever a library enters ``warnings.catch_warnings``
+    (the registries reset on every filter change), so a deprecation inside ``generate`` was logged on every
+    batch. Warnings are routed to the ``py.warnings`` logger (as Prefect does) and de-duplicated there.
+    Deprecation, import and resource warnings stay hidden, as Python's defaults have them.
+    """
+    for category in (UserWarning, FutureWarning, RuntimeWarning):
+        warnings.filterwarnings("once", category=category)
+    logging.captureWarnings(True)
+    logger = logging.getLogger("py.warnings")
+    if not any(isinstance(h, _StderrUntilConfigured) for h in logger.handlers):
+        logger.addHandler(_StderrUntilConfigured())
+    if not any(isinstance(f, _FirstOfEachWarning) for f in logger.filters):
+        logger.addFilter(_FirstOfEachWarning())
 
 
 def mlflow_artifact_root() -> str:
