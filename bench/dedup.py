@@ -1,6 +1,7 @@
 """Dedup benchmark: removal precision / recall on a planted near-duplicate set from BANKING77, and scale.
 
-Run:  .venv/bin/python bench/dedup.py quality [--plot docs/dedup_pr_curve.png]
+Run:  .venv/bin/python bench/dedup.py            (every part below, with its defaults: what `make bench` runs)
+      .venv/bin/python bench/dedup.py quality [--plot docs/dedup_pr_curve.png]
       .venv/bin/python bench/dedup.py scale [--sizes 100000 300000 1000000]
 
 Quality set (seed 0, fully determined by this file):
@@ -496,7 +497,7 @@ def scale_one(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="mode", required=True)
+    sub = ap.add_subparsers(dest="mode")
     q = sub.add_parser("quality")
     q.add_argument("--plot", default=str(ROOT / "docs" / "dedup_pr_curve.png"))
     q.add_argument("--json")
@@ -507,6 +508,8 @@ def main(argv=None) -> int:
     w.add_argument("src")
     w.add_argument("out")
     args = ap.parse_args(argv)
+    if args.mode is None:  # `make bench`: every part, each with its own defaults
+        return quality(ap.parse_args(["quality"])) or scale(ap.parse_args(["scale"]))
     if args.mode == "quality":
         return quality(args)
     if args.mode == "scale":

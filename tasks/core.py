@@ -71,10 +71,11 @@ class StageOutcome:
     """What a stage's plain function decides: kept records, quarantined rows and extra report fields.
 
     Build ``quarantined`` with :func:`quarantine_rows`. ``report`` holds stage-specific numbers (entity
-    counts, cluster sizes...); it must never quote raw text.
+    counts, cluster sizes...); it must never quote raw text. A stage streaming data too large for memory may
+    give ``kept`` as an iterable of DataFrame batches (see :func:`finish_stage`).
     """
 
-    kept: pd.DataFrame
+    kept: pd.DataFrame | Iterable[pd.DataFrame]
     quarantined: pd.DataFrame
     report: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -163,10 +164,14 @@ def frame_sha256(df: pd.DataFrame) -> str:
     h = hashlib.sha256()
     for col in df.columns:
         h.update(col.encode())
+    _hash_rows(h, df)
+    return h.hexdigest()
+
+
+def _hash_rows(h: Any, df: pd.DataFrame) -> None:
     for row in df.itertuples(index=False):
         h.update(json.dumps(list(row), ensure_ascii=False, default=str, sort_keys=True).encode("utf-8"))
         h.update(b"\n")
-    return h.hexdigest()
 
 
 def _to_disk(df: pd.DataFrame) -> pd.DataFrame:
@@ -228,22 +233,29 @@ def finish_stage(
 
     Output names carry the content hash of the kept data, so two runs on the same data write the same
     files and a cached result stays valid. ``data_dir`` (default ``out_dir``) is where the kept records go.
+    ``outcome.kept`` is a DataFrame, or an iterable of DataFrame batches from a stage that streams data too
+    large for memory: those are written one by one (same content hash), and the ledger checked at the end.
     """
     kept, quarantined = outcome.kept, outcome.quarantined
-    if rows_in != len(kept) + len(quarantined):
-        raise AssertionError(
-            f"stage {stage!r} lost rows: rows_in={rows_in} but kept={len(kept)} + "
-            f"quarantined={len(quarantined)} = {len(kept) + len(quarantined)}"
-        )
-    counts: dict[str, int] = {"rows_in": rows_in, "kept": len(kept), "quarantined": len(quarantined)}
+    dest = Path(data_dir or out_dir)
+    if isinstance(kept, pd.DataFrame):
+        _check_ledger(stage, rows_in, len(kept), len(quarantined))
+        disk = _to_disk(kept[RECORD_COLUMNS] if len(kept) else empty_records())
+        data = write_records(disk, dest / f"{stage}-{frame_sha256(disk)[:12]}.parquet")
+    else:
+        data = _write_batches(stage, kept, dest)
+        try:
+            _check_ledger(stage, rows_in, data.rows, len(quarantined))
+        except AssertionError:
+            os.unlink(data.uri)
+            raise
+    counts: dict[str, int] = {"rows_in": rows_in, "kept": data.rows, "quarantined": len(quarantined)}
     by_reason = Counter(quarantined["reason"]) if len(quarantined) else Counter()
     for reason, n in sorted(by_reason.items()):
         counts[f"quarantined_{reason}"] = int(n)
 
     out_dir = Path(out_dir)
-    disk = _to_disk(kept[RECORD_COLUMNS] if len(kept) else empty_records())
-    digest = frame_sha256(disk)[:12]
-    data = write_records(disk, Path(data_dir or out_dir) / f"{stage}-{digest}.parquet")
+    digest = data.sha256[:12]
     qframe = quarantined[QUARANTINE_COLUMNS] if len(quarantined) else empty_quarantine()
     quarantine = write_records(qframe, out_dir / f"{stage}-{digest}.quarantine.parquet")
 
@@ -253,6 +265,43 @@ def finish_stage(
     report_path = out_dir / f"{stage}-{digest}.report.json"
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     return StageResult(stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts)
+
+
+def _check_ledger(stage: str, rows_in: int, kept: int, quarantined: int) -> None:
+    if rows_in != kept + quarantined:
+        raise AssertionError(
+            f"stage {stage!r} lost rows: rows_in={rows_in} but kept={kept} + "
+            f"quarantined={quarantined} = {kept + quarantined}"
+        )
+
+
+def _write_batches(stage: str, batches: Iterable[pd.DataFrame], data_dir: Path) -> DatasetRef:
+    """Write record batches to one Parquet file, named and hashed as :func:`write_records` would the whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([(c, pa.string()) for c in RECORD_COLUMNS])
+    h = hashlib.sha256()
+    for col in RECORD_COLUMNS:
+        h.update(col.encode())
+    fd, tmp = tempfile.mkstemp(prefix=f".{stage}.", dir=data_dir)
+    os.close(fd)
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in batches:
+                disk = _to_disk(batch[RECORD_COLUMNS]).reset_index(drop=True)
+                _hash_rows(h, disk)
+                rows += len(disk)
+                writer.write_table(pa.Table.from_pandas(disk, schema=schema, preserve_index=False))
+        sha = h.hexdigest()
+        path = data_dir / f"{stage}-{sha[:12]}.parquet"
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return DatasetRef(uri=str(path), sha256=sha, rows=rows)
 
 
 def format_counts(result: StageResult) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.core import read_records, record_id, write_records
+from tasks.core import normalise_text, read_records, record_id, write_records
 from tasks.dedup import (
     DedupConfig,
     char_shingle_hashes,
@@ -16,6 +16,7 @@ from tasks.dedup import (
     dedup_parquet,
     dedup_task,
     deduplicate,
+    exact_key,
     minhash_signatures,
     permutations,
     similarity,
@@ -60,6 +61,29 @@ def test_normalisation_folds_case_punctuation_space_and_compatibility_forms():
     assert dedup_normalise("我的卡，还没到？") == "我的卡还没到"  # no space is invented inside CJK text
     assert dedup_normalise("카드가, 안 와요") == "카드가 안 와요"  # Hangul is written with spaces: kept
     assert dedup_normalise(" \t?! ") == ""
+
+
+def test_normalisation_builds_on_the_core_normalisation():
+    # Whatever core folds (NFKC, case, whitespace), dedup folds the same way, and only punctuation on top.
+    for text in ["Ｗｈｅｒｅ ｉｓ\u00a0my CARD", "ﬁnance  Team", "我的卡，还没到？", "Straße  Nº 5"]:
+        assert dedup_normalise(text) == dedup_normalise(normalise_text(text))
+    assert normalise_text("Where is my card?!") != normalise_text("where is my card")
+    assert dedup_normalise("Where is my card?!") == dedup_normalise("where is my card")
+
+
+def test_exact_key_is_what_dedup_calls_an_exact_duplicate():
+    rows = [
+        rec("Where is my card?"),
+        rec("where is my card"),
+        rec("Where is my card?", "other"),
+        rec("Where's my PIN?"),
+    ]
+    keys = [exact_key(r["messages"]) for r in rows]
+    assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3
+    assert exact_key(rows[0]["messages"], "prompt") == exact_key(rows[2]["messages"], "prompt")
+    assert exact_key(rec("x", system="A")["messages"]) != exact_key(rec("x", system="B")["messages"])
+    out = deduplicate(frame(rows[0], rows[1], rows[3]), DedupConfig(workers=1, near_duplicates=False))
+    assert list(out.quarantined["reason"]) == ["exact_duplicate"]
 
 
 def test_exact_duplicates_after_normalisation_keep_one():
@@ -384,6 +408,22 @@ def test_streaming_parquet_path_matches_in_memory_and_keeps_the_ledger(tmp_path)
     )
     report = json.loads(Path(res.report_uri).read_text())
     assert report["counts"] == res.counts and "cluster_size_histogram" in report
+
+
+def test_dedup_task_streams_large_inputs_with_the_same_result(tmp_path):
+    rows = _perturbed_set(150, seed=6)
+    rows[0]["meta"] = {"split": "test"}
+    ref = write_records(frame(*rows), tmp_path / "in.parquet")
+    mem = dedup_task.fn(ref, DedupConfig(workers=1), SplitConfig(), str(tmp_path / "mem"))
+    streamed = dedup_task.fn(ref, DedupConfig(workers=1, stream_min_rows=10, batch_rows=100), SplitConfig(),
+                             str(tmp_path / "stream"))  # fmt: skip
+    assert streamed.counts == mem.counts and mem.counts["quarantined"] > 0
+    assert streamed.data.sha256 == mem.data.sha256  # the same kept content, written batch by batch
+    assert Path(streamed.data.uri).name == Path(mem.data.uri).name
+    qm, qs = pd.read_parquet(mem.quarantine.uri), pd.read_parquet(streamed.quarantine.uri)
+    assert sorted(zip(qm["id"], qm["reason"], qm["detail"], strict=True)) == sorted(
+        zip(qs["id"], qs["reason"], qs["detail"], strict=True)
+    )
 
 
 def test_process_pool_gives_the_same_result(tmp_path):
