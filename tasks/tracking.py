@@ -18,7 +18,6 @@ from tasks.core import DatasetRef, StageResult, read_records
 # MLflow 3 accepts param values up to 6,000 characters; longer ones are cut with a marker (and the full value
 # is in the config artifact anyway).
 _MAX_PARAM = 6000
-STAGE_PREFIX = "stage/"
 _PACKAGES = (
     "loraflow",
     "prefect",
@@ -91,19 +90,14 @@ def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None
         client().log_artifact(run_id, str(path), artifact_path)
 
 
-def stage_metric_names(stage: str, counts: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
-    """A stage's counts and report metrics under ``stage/`` (``stage/dedup.kept``): the MLflow UI folds each
-    ``prefix/`` into its own chart section, so the eval metrics and loss curves stay on top of the run page."""
-    out = {f"{STAGE_PREFIX}{stage}.{k}": v for k, v in counts.items()}
-    for k, v in (extra or {}).items():
-        out[STAGE_PREFIX + (k if "." in k else f"{stage}.{k}")] = v
-    return out
+def stage_metric_names(stage: str, counts: dict[str, float]) -> dict[str, float]:
+    """``stage/<stage>.<count>`` names; kept only until the flow logs the split's counts in the stage table."""
+    return {f"stage/{stage}.{k}": v for k, v in counts.items()}
 
 
 def log_stage(run_id: str, result: StageResult) -> None:
-    """Per-stage counts as ``stage/<stage>.<count>`` metrics, the stage report as an artifact."""
-    report = json.loads(Path(result.report_uri).read_text())
-    log_metrics(run_id, stage_metric_names(result.stage, result.counts, report.get("metrics")))
+    """A stage's report as an artifact. Its counts go into one table (:func:`log_stage_table`), not into 40
+    single-value metric charts that would bury the eval metrics and loss curves on the run page."""
     log_artifact(run_id, result.report_uri, "reports")
 
 
@@ -222,12 +216,24 @@ def log_predictions(run_id: str, predictions_uri: str, artifact_file: str = "eva
     return len(df)
 
 
-def log_stage_table(run_id: str, stages: list[StageResult], artifact_file: str = "reports/stage_counts.json") -> None:
-    """Every stage's counts as one previewable table (one row per stage, one column per count)."""
+def stage_rows(stages: list[StageResult], split: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per stage (``stage``, ``rows_in``, ``kept``, ``quarantined``, ``quarantined_<reason>``...); the
+    split's row carries its ``train`` / ``val`` / ``test`` counts."""
     rows = [{"stage": r.stage, **r.counts} for r in stages]
+    return rows + ([{"stage": "split", **split}] if split else [])
+
+
+def log_stage_table(
+    run_id: str,
+    stages: list[StageResult],
+    split: dict[str, int] | None = None,
+    artifact_file: str = "reports/stage_counts.json",
+) -> None:
+    """Every stage's counts as one table the MLflow UI previews (one row per stage, one column per count)."""
+    rows = stage_rows(stages, split)
     cols = sorted({k for r in rows for k in r if k != "stage"}, key=lambda k: (k not in _LEDGER, _LEDGER.get(k, 9), k))
     client().log_table(
-        run_id, data={c: [r.get(c, 0) for r in rows] for c in ["stage", *cols]}, artifact_file=artifact_file
+        run_id, data={c: [r.get(c) for r in rows] for c in ["stage", *cols]}, artifact_file=artifact_file
     )
 
 

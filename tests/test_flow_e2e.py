@@ -102,17 +102,18 @@ def test_mlflow_holds_params_metrics_artifacts_and_a_registered_version(two_runs
         "eval.base.accuracy",
         "eval.candidate.accuracy",
         "eval.candidate.accuracy_constrained",
-        "stage/dedup.rows_in",
-        "stage/scrub_pii.rows_in" if "stage/scrub_pii.rows_in" in metrics else "stage/pii.rows_in",
     ):
         assert key in metrics, key
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # max_steps=2, logged every step
-    # rows_in == kept + quarantined, stage by stage, as logged (under stage/ so they do not crowd the run page)
-    stages = {k.split(".")[0] for k in metrics if k.endswith(".rows_in")}
-    assert {"stage/ingest", "stage/dedup", "stage/validate"} <= stages
-    for s in stages:
-        if f"{s}.kept" in metrics:
-            assert metrics[f"{s}.rows_in"] == metrics[f"{s}.kept"] + metrics[f"{s}.quarantined"], s
+    # rows_in == kept + quarantined, stage by stage, as logged (one table artifact, not 40 metric charts)
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "reports/stage_counts.json")).read_text())
+    counts = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+    assert {"ingest", "dedup", "validate", "split"} <= set(counts)
+    assert "scrub_pii" in counts or "pii" in counts
+    assert not any(k.split(".")[0] in counts for k in metrics), "stage counts are not metrics"
+    for s, c in counts.items():
+        if s != "split":
+            assert c["rows_in"] == c["kept"] + c["quarantined"], s
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     assert any("dedup" in a for a in artifacts) and any("validate" in a for a in artifacts)
     assert "config/resolved.yaml" in {a.path for a in client.list_artifacts(run.info.run_id, "config")}

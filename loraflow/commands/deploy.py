@@ -3,6 +3,7 @@
 The deployments themselves are declared once, in ``deployments/deploy.py``; this module only starts things.
 """
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -83,11 +84,19 @@ def start_prefect_server(
 
 
 def start_mlflow_ui(
-    host: str = "127.0.0.1", port: int = 5000, env: dict[str, str] | None = None, log: Path | None = None
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    workers: int = 1,
 ) -> subprocess.Popen:
+    """Start ``mlflow ui`` on the tracking store and wait until it answers. One worker by default: MLflow's 4
+    uvicorn workers are four copies of the app for one person clicking around a 2-core box."""
     from tasks.home import mlflow_tracking_uri
 
     env = dict(os.environ if env is None else env)
+    # The job runner (8 more processes: huey consumers for GenAI judges and periodic jobs) is not used here.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -99,6 +108,8 @@ def start_mlflow_ui(
             host,
             "--port",
             str(port),
+            "--workers",
+            str(workers),
         ],  # fmt: skip
         env=env,
         stdout=out,
@@ -126,6 +137,32 @@ def start_worker(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 7) -> None:
+    """SIGTERM every process group at once, wait up to ``timeout`` seconds in all, then SIGKILL what is left."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in live:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+            p.wait(5)
+
+
+class _Stop(Exception):
+    """SIGTERM / SIGINT reached ``loraflow ui``."""
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _Stop(signal.Signals(signum).name)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -190,18 +227,23 @@ def ui_command(
     prefect_port: Annotated[int, typer.Option("--prefect-port", help="Port of the Prefect server and UI.")] = 4200,
     mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    mlflow_workers: Annotated[int, typer.Option("--mlflow-workers", min=1, help="MLflow UI worker processes.")] = 1,
 ) -> None:
-    """Start a local Prefect server (with its UI) and the MLflow UI on loopback, until interrupted."""
+    """Start a local Prefect server (with its UI) and the MLflow UI on loopback, until interrupted.
+
+    SIGTERM and SIGINT stop both servers (their whole process groups) and wait for them: nothing is left behind.
+    """
     from tasks.home import loraflow_home
 
     logs = loraflow_home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         typer.echo("starting the Prefect server ...")
         procs.append(start_prefect_server(host, prefect_port, log=logs / "prefect-server.log"))
         typer.echo("starting the MLflow UI ...")
-        procs.append(start_mlflow_ui(host, mlflow_port, log=logs / "mlflow-ui.log"))
+        procs.append(start_mlflow_ui(host, mlflow_port, log=logs / "mlflow-ui.log", workers=mlflow_workers))
         typer.echo(f"Prefect UI: http://{host}:{prefect_port}    MLflow UI: http://{host}:{mlflow_port}")
         typer.echo(f"to use this server elsewhere: export PREFECT_API_URL=http://{host}:{prefect_port}/api")
         typer.echo(f"logs in {logs}; Ctrl-C stops both")
@@ -210,11 +252,12 @@ def ui_command(
         _fail(f"a server exited; see the logs in {logs}")
     except (TimeoutError, RuntimeError) as e:
         _fail(f"{e}; see the logs in {logs}")
-    except KeyboardInterrupt:
+    except (_Stop, KeyboardInterrupt):
         typer.echo("stopping ...")
     finally:
-        for p in procs:
-            stop(p)
+        stop_all(procs)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def backfill_command(
