@@ -36,7 +36,7 @@ def run_date(timezone: str, explicit: dt.date | None = None) -> dt.date:
     return when.astimezone(ZoneInfo(timezone)).date()
 
 
-@flow(name="quarterly-retrain", log_prints=True)
+@flow(name="quarterly-retrain")
 def quarterly_retrain(
     config: str = "configs/production.yaml",
     day: dt.date | None = None,
