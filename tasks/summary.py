@@ -6,23 +6,13 @@ Counts, metric values, ids and reasons only: nothing here quotes a record.
 from typing import Any
 
 from tasks.core import StageResult
+from tasks.tracking import metrics_markdown
 
 
 def stage_table(stages: list[StageResult]) -> list[str]:
     """``| stage | rows in | kept | quarantined |`` rows, one per stage."""
     lines = ["| stage | rows in | kept | quarantined |", "|---|---:|---:|---:|"]
     lines += [f"| {r.stage} | {r.counts['rows_in']} | {r.counts['kept']} | {r.counts['quarantined']} |" for r in stages]
-    return lines
-
-
-def metric_table(metrics: dict[str, dict[str, float]]) -> list[str]:
-    """One row per metric, one column per model (base, candidate, champion)."""
-    models = list(metrics)
-    keys = sorted({k for m in models for k in metrics[m]})
-    lines = ["| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
-    for k in keys:
-        vals = [metrics[m].get(k) for m in models]
-        lines.append(f"| {k} | " + " | ".join("" if v is None else f"{v:.4f}" for v in vals) + " |")
     return lines
 
 
@@ -41,7 +31,7 @@ def retrain_markdown(
     """
     lines = [f"# Retrain `{name}`", "", f"MLflow run: {run_link}", "", *stage_table(stages)]
     if metrics:
-        lines += ["", *metric_table(metrics)]
+        lines += ["", *metrics_markdown(metrics)]
     if decision is not None:
         lines += [
             "",
