@@ -88,8 +88,9 @@ def _check_retrain_schema(schema: dict) -> None:
         assert "type" in p or "anyOf" in p, name
         default = field.get_default(call_default_factory=True)
         assert p.get("default", param["default"][name]) == json.loads(json.dumps(default, default=str)), name
-    assert props["lora_r"]["anyOf"][0]["type"] == "integer"
-    assert props["learning_rate"]["anyOf"][0]["type"] == "number"
+    assert props["lora_r"]["type"] == "integer"  # no None toggle: the default is the config's value
+    assert props["learning_rate"]["type"] == "number"
+    assert props["lora_r"]["default"] == 16 and "configs/demo.yaml: 16" in props["lora_r"]["description"]
     assert props["feedback_start"]["anyOf"][0] == {"format": "date", "type": "string"}
     assert props["dry_run"]["type"] == "boolean" and props["dry_run"]["default"] is False
 
