@@ -90,7 +90,6 @@ def _split(cfg: RetrainConfig, validated: StageResult, out_dir: str, run_id: str
     """split → the split-size contract; each split logged as an MLflow dataset."""
     splits = split_task(validated.data, cfg.split, out_dir)
     get_run_logger().info("split: %s", " ".join(f"{k}={v}" for k, v in splits.counts.items()))
-    tracking.log_metrics(run_id, tracking.stage_metric_names("split", splits.counts))
     tracking.log_artifact(run_id, splits.report_uri, "reports")
     validate_splits_task(splits, cfg.validate_)
     for name, ref in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
@@ -149,7 +148,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
         splits = _split(cfg, stages[-1], out_dir, run_id)
         counts = {r.stage: dict(r.counts) for r in stages}
         tracking.json_artifact(run_id, counts, "reports/quarantine_counts.json")
-        tracking.log_stage_table(run_id, stages)
+        tracking.log_stage_table(run_id, stages, splits.counts)
         about = {"config": params.config, "base_model": base.name or base.path, "splits": splits.counts,
                  "digests": {n: getattr(splits, n).sha256 for n in ("train", "val", "test")}}  # fmt: skip
         tracking.set_description(run_id, tracking.run_description(**about))
@@ -164,7 +163,15 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
             **about, train=trained.model_dump(), metrics=evaluation.metrics, decision=registration.model_dump()
         ))  # fmt: skip
         create_markdown_artifact(
-            retrain_markdown(cfg.name, tracking.run_link(run_id), stages, evaluation.metrics, registration),
+            retrain_markdown(
+                cfg.name,
+                tracking.run_link(run_id),
+                stages,
+                evaluation.metrics,
+                registration,
+                split=splits.counts,
+                train=tracking.train_summary(run_id, trained.model_dump()),
+            ),
             key=f"retrain-{cfg.name}".lower().replace("_", "-"),
             description="loraflow retrain summary",
         )

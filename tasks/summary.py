@@ -16,8 +16,32 @@ def stage_table(stages: list[StageResult]) -> list[str]:
     return lines
 
 
+def split_and_train(split: dict[str, int] | None, train: dict[str, Any] | None) -> list[str]:
+    """The split's sizes and one training row (steps, best validation step, speed), when there are any."""
+    lines = []
+    if split:
+        lines += ["", f"**Split** of {split.get('rows_in', '?')} rows: train {split.get('train', 0)}, "
+                  f"val {split.get('val', 0)}, test {split.get('test', 0)}"
+                  + (f", {split['sampled_out']} sampled out" if split.get("sampled_out") else "")]  # fmt: skip
+    if train:
+        fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+        lines += ["", "| train rows | steps | best step | best val loss | final train loss | tokens/s | seconds | device |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|",
+                  f"| {train.get('train_rows')} | {train.get('steps')} | {fmt(train.get('best_step'), 'd')} | "
+                  f"{fmt(train.get('best_val_loss'), '.4f')} | {fmt(train.get('train_loss'), '.4f')} | "
+                  f"{fmt(train.get('tokens_per_s'), '.0f')} | {fmt(train.get('runtime_s'), '.0f')} | "
+                  f"{train.get('device', '')} |"]  # fmt: skip
+    return lines
+
+
 def retrain_markdown(
-    name: str, run_link: str, stages: list[StageResult], metrics: dict[str, dict[str, float]] | None, decision: Any
+    name: str,
+    run_link: str,
+    stages: list[StageResult],
+    metrics: dict[str, dict[str, float]] | None,
+    decision: Any,
+    split: dict[str, int] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> str:
     """The whole page: title, MLflow run, stage counts, metrics, and the registration with its reasons.
 
@@ -28,8 +52,11 @@ def retrain_markdown(
         metrics: evaluation metrics by model (None when the run stopped before evaluation).
         decision: the register stage's result (``model_name``, ``version``, ``aliases``, ``promoted``,
             ``reasons``), or None.
+        split: the split's counts (``rows_in``, ``train``, ``val``, ``test``), or None.
+        train: ``tracking.train_summary`` of the training, or None.
     """
     lines = [f"# Retrain `{name}`", "", f"MLflow run: {run_link}", "", *stage_table(stages)]
+    lines += split_and_train(split, train)
     if metrics:
         lines += ["", *metrics_markdown(metrics)]
     if decision is not None:

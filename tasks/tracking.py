@@ -90,11 +90,6 @@ def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None
         client().log_artifact(run_id, str(path), artifact_path)
 
 
-def stage_metric_names(stage: str, counts: dict[str, float]) -> dict[str, float]:
-    """``stage/<stage>.<count>`` names; kept only until the flow logs the split's counts in the stage table."""
-    return {f"stage/{stage}.{k}": v for k, v in counts.items()}
-
-
 def log_stage(run_id: str, result: StageResult) -> None:
     """A stage's report as an artifact. Its counts go into one table (:func:`log_stage_table`), not into 40
     single-value metric charts that would bury the eval metrics and loss curves on the run page."""
@@ -203,6 +198,16 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of a step metric, the last value per step."""
     by_step = {m.step: m.value for m in sorted(client().get_metric_history(run_id, key), key=lambda m: m.timestamp)}
     return sorted(by_step.items())
+
+
+def train_summary(run_id: str, train: dict[str, Any]) -> dict[str, Any]:
+    """What the summary says about training: rows, steps, the best validation step and loss (from the run's
+    ``val_loss`` history), final train loss, tokens/s, seconds and device."""
+    from tasks.charts import best_step
+
+    best = best_step(metric_history(run_id, "val_loss")) or (None, None)
+    keys = ("train_rows", "val_rows", "steps", "train_loss", "tokens_per_s", "runtime_s", "device")
+    return {**{k: train.get(k) for k in keys}, "best_step": best[0], "best_val_loss": best[1]}
 
 
 def log_predictions(run_id: str, predictions_uri: str, artifact_file: str = "eval/predictions.json") -> int:

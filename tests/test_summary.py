@@ -29,3 +29,16 @@ def test_page_holds_counts_metrics_and_reasons():
 def test_page_without_evaluation_stops_after_the_counts():
     page = retrain_markdown("demo", "x", [_stage("ingest", 2, 2)], None, None)
     assert page.splitlines()[-1] == "| ingest | 2 | 2 | 0 |"
+
+
+def test_page_holds_the_split_and_the_training_row():
+    train = {"train_rows": 120, "val_rows": 15, "steps": 30, "train_loss": 0.51234, "tokens_per_s": 812.4,
+             "runtime_s": 61.0, "device": "cpu/fp32", "best_step": 20, "best_val_loss": 0.4321}  # fmt: skip
+    split = {"rows_in": 150, "train": 120, "val": 15, "test": 15, "sampled_out": 0}
+    page = retrain_markdown("demo", "x", [_stage("ingest", 2, 2)], None, None, split=split, train=train)
+    lines = page.splitlines()
+    assert "**Split** of 150 rows: train 120, val 15, test 15" in lines
+    assert "| 120 | 30 | 20 | 0.4321 | 0.5123 | 812 | 61 | cpu/fp32 |" in lines
+    assert lines.index("| ingest | 2 | 2 | 0 |") < lines.index(
+        "| 120 | 30 | 20 | 0.4321 | 0.5123 | 812 | 61 | cpu/fp32 |"
+    )
