@@ -1,6 +1,7 @@
 """Evaluation: exact-match accuracy, label-constrained decoding, valid-label rate, test loss, outputs."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -170,3 +171,118 @@ def test_shared_prefill_matches_separate_passes(tiny_model_dir, base_tokenizer_d
     assert loss == pytest.approx(sum(r[1] for r in ref) / sum(r[2] for r in ref), rel=1e-4)
     # Loss only (the forgetting check) is the same number without generating.
     assert score_all(model, tok, prompts, fulls, 5, 3, generate=False)[2] == pytest.approx(loss, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- metric suites
+
+
+def test_text_metrics_score_the_best_reference_and_all_references():
+    from tasks.evaluate.metrics import text_metrics
+
+    refs = [["the cat sat on the mat", "a cat was sitting on a mat"], ["dogs bark loudly at night"]]
+    perfect, stats = text_metrics(["a cat was sitting on a mat", "dogs bark loudly at night"], refs)
+    assert perfect["rougeL"] == pytest.approx(1.0)  # the second reference of item 1 is matched exactly
+    assert perfect["bleu"] == pytest.approx(1.0) and perfect["chrf"] == pytest.approx(1.0)
+    assert list(stats["rougeL"].values) == pytest.approx([1.0, 1.0])
+    worse, _ = text_metrics(["a cat", "cats meow"], refs)
+    assert 0.0 <= worse["rougeL"] < perfect["rougeL"] and 0.0 <= worse["chrf"] < 1.0 and 0.0 <= worse["bleu"] < 1.0
+    # Only the first reference: the same prediction scores lower than against both.
+    single, _ = text_metrics(["a cat was sitting on a mat", "dogs bark loudly at night"], [refs[0][:1], refs[1]])
+    assert single["rougeL"] < perfect["rougeL"]
+
+
+def test_json_metrics_parse_schema_fields_and_exact_match():
+    from tasks.evaluate.metrics import json_metrics
+
+    schema = {"type": "object", "required": ["intent"], "properties": {"intent": {"enum": ["Play", "Rate"]}}}
+    ref = [
+        '{"intent": "Play", "slots": {"artist": "Abba", "service": "spotify"}}',
+        '{"intent": "Rate", "slots": {"object": "book"}}',
+        '{"intent": "Play", "slots": {}}',
+        '{"intent": "Rate", "slots": {"object": "novel"}}',
+    ]
+    pred = [
+        '{"intent": "Play", "slots": {"artist": "abba ", "service": "youtube"}}',  # intent + 1 of 2 slots
+        '```json\n{"intent": "Rate", "slots": {"object": "book"}}\n```',  # fenced, exact
+        "Play some music",  # not JSON
+        '{"intent": "Other", "slots": {"object": "novel", "rating": "5"}}',  # parses, fails the schema
+    ]
+    m, stats = json_metrics(pred, ref, schema)
+    assert m["json_valid"] == 0.75 and m["schema_valid"] == 0.5 and m["exact_match"] == 0.25
+    assert m["intent_accuracy"] == 0.5
+    # Fields: reference leaves 3+2+1+2 = 8; predicted leaves 3+2+0+3 = 8; right: 2 (intent, artist) + 2 + 0 + 1.
+    assert m["field_precision"] == pytest.approx(5 / 8) and m["field_recall"] == pytest.approx(5 / 8)
+    assert m["field_f1"] == pytest.approx(5 / 8) and stats["field_f1"].reduce() == pytest.approx(5 / 8)
+    # Slots only: reference 2+1+0+1 = 4, predicted 2+1+0+2 = 5, right 1+1+0+1 = 3.
+    assert m["slots_f1"] == pytest.approx(2 * 3 / 9)
+
+
+def test_paired_bootstrap_interval_contains_the_difference_and_mcnemar():
+    import numpy as np
+
+    from tasks.evaluate.metrics import ItemStats
+    from tasks.evaluate.significance import candidate_intervals, mcnemar_p
+
+    rng = np.random.default_rng(0)
+    cand = (rng.random(200) < 0.8).astype(float)
+    base = (rng.random(200) < 0.5).astype(float)
+    res = candidate_intervals(
+        {"candidate": {"accuracy": ItemStats(cand, "mean")}, "base": {"accuracy": ItemStats(base, "mean")}}
+    )["base"]["accuracy"]
+    assert res["low"] <= res["diff"] <= res["high"]
+    assert res["diff"] == pytest.approx(cand.mean() - base.mean(), abs=1e-6)
+    assert res["low"] > 0 and res["mcnemar_p"] < 0.001
+    same = candidate_intervals({"candidate": {"a": ItemStats(cand, "mean")}, "b": {"a": ItemStats(cand, "mean")}})
+    assert same["b"]["a"]["diff"] == 0 and same["b"]["a"]["low"] == 0 and same["b"]["a"]["high"] == 0
+    assert mcnemar_p(cand, cand) == 1.0
+
+
+def test_max_new_tokens_follows_the_answer_lengths():
+    from tasks.evaluate.generation import max_new_from_lengths
+
+    assert max_new_from_lengths([10] * 99 + [40]) == math.ceil(10 * 1.25) + 4
+    assert max_new_from_lengths([10] * 50 + [40] * 50) == 54
+    assert max_new_from_lengths([10_000]) == 512
+
+
+def test_fewshot_pick_is_deterministic_and_diverse():
+    from tasks.evaluate.baselines import pick_fewshot, with_fewshot
+
+    pool = _records([(f"ticket {i}", ["a", "b", "c"][i % 3]) for i in range(30)])
+    one = pick_fewshot(pool, 3, seed=0)
+    assert one == pick_fewshot(pool.sample(frac=1.0, random_state=5), 3, seed=0)  # input order does not matter
+    assert one != pick_fewshot(pool, 3, seed=1)
+    assert {e["assistant"] for e in pick_fewshot(pool, 3, seed=0, pick="diverse")} == {"a", "b", "c"}
+    msgs = with_fewshot([{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], one)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"] * 1 + ["user", "assistant"] * 2 + ["user"]
+    assert msgs[-1]["content"] == "q"
+
+
+def test_generation_eval_groups_references_and_scores_fewshot(tiny_model_dir, tmp_path):
+    """Several references per prompt become one item; base_fewshot is scored from the train split; outputs."""
+    test = _records([(f"mr {i // 3}", f"Game {i // 3} is a fun game, version {i % 3}.") for i in range(12)])
+    train = _records([(f"train mr {i}", f"Train game {i} is good.") for i in range(10)])
+    test_ref = write_records(test, tmp_path / "test.parquet")
+    train_ref = write_records(train, tmp_path / "train.parquet")
+    cfg = EvalConfig(task="generation", batch_size=4, fewshot_k=2, forgetting_set=None, bootstrap=50)
+    res = evaluate_models(
+        test_ref, str(tiny_model_dir), {"base": None}, cfg, str(tmp_path / "e"), label_sources=[train_ref]
+    )
+    assert res.rows == 4  # 4 distinct prompts, 3 references each
+    assert list(res.metrics) == ["base", "base_fewshot"]
+    for m in res.metrics.values():
+        assert {"rougeL", "chrf", "bleu", "test_loss", "rougeL_first50_single_ref"} <= set(m)
+        assert all(0.0 <= m[k] <= 1.0 for k in ("rougeL", "chrf", "bleu"))
+    table = pd.read_parquet(res.predictions_uri)
+    assert len(table) == 8 and all(len(json.loads(r)) == 3 for r in table["references"])
+    report = json.loads(Path(res.report_uri).read_text())
+    from transformers import AutoTokenizer
+
+    from tasks.evaluate.generation import max_new_from_lengths
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train_lengths = [len(tok(f"Train game {i} is good.", add_special_tokens=False)["input_ids"]) + 1 for i in range(10)]
+    assert report["fewshot_ids_k"] == 2 and report["max_new_tokens"] == max_new_from_lengths(train_lengths)
+    md = Path(res.report_md_uri).read_text()
+    assert "## Side by side" in md and "base_fewshot" in md
+    assert res.chart_uri and Path(res.chart_uri).stat().st_size > 1000

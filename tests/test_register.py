@@ -119,3 +119,51 @@ def test_register_without_adapter_is_a_stage_error(mlflow_sqlite, tmp_path):
     (tmp_path / "a" / "adapter_config.json").unlink()
     with pytest.raises(StageError, match="no adapter"):
         register_candidate(client.create_run(exp).info.run_id, res, _eval(_metrics(0.1, 0.5)), RegisterConfig(), "m")
+
+
+def test_gate_needs_the_best_baseline_not_just_base():
+    metrics = {"base": {"rougeL": 0.13}, "base_fewshot": {"rougeL": 0.40}, "candidate": {"rougeL": 0.41}}
+    ok, reasons = gate_decision(metrics, RegisterConfig(gate_metric="rougeL", gate_margin=0.02), None)
+    assert not ok and "does not beat the prompt-engineering baseline base_fewshot" in reasons[0]
+    metrics["candidate"]["rougeL"] = 0.55
+    ok, reasons = gate_decision(metrics, RegisterConfig(gate_metric="rougeL", gate_margin=0.02), None)
+    assert ok and "beats the prompt-engineering baseline base_fewshot" in reasons[0]
+    # An external model is a baseline too.
+    metrics["external"] = {"rougeL": 0.60}
+    ok, reasons = gate_decision(metrics, RegisterConfig(gate_metric="rougeL", gate_margin=0.02), None)
+    assert not ok and "baseline external" in reasons[0]
+
+
+def test_gate_require_significance_uses_the_interval_lower_bound():
+    metrics = {"base": {"acc": 0.50}, "candidate": {"acc": 0.60}}
+    noisy = {"base": {"acc": {"diff": 0.10, "low": 0.01, "high": 0.19}}}
+    sure = {"base": {"acc": {"diff": 0.10, "low": 0.05, "high": 0.15}}}
+    cfg = RegisterConfig(gate_metric="acc", gate_margin=0.02, require_significance=True)
+    ok, reasons = gate_decision(metrics, cfg, None, intervals=noisy)
+    assert not ok and "lower bound +0.0100 does not clear the margin" in reasons[0]
+    assert gate_decision(metrics, cfg, None, intervals=sure)[0]
+    assert not gate_decision(metrics, cfg, None, intervals=None)[0]  # no interval, no promotion
+    assert gate_decision(metrics, RegisterConfig(gate_metric="acc"), None, intervals=noisy)[0]  # off by default
+
+
+def test_gate_max_forgetting_blocks():
+    metrics = {"base": {"acc": 0.10}, "candidate": {"acc": 0.90}}
+    cfg = RegisterConfig(gate_metric="acc", max_forgetting=0.25)
+    ok, reasons = gate_decision(metrics, cfg, None, forgetting=0.40)
+    assert not ok and "forgot too much" in reasons[-1]
+    assert gate_decision(metrics, cfg, None, forgetting=0.10)[0]
+    assert gate_decision(metrics, RegisterConfig(gate_metric="acc"), None, forgetting=3.0)[0]  # report only
+
+
+def test_candidate_below_fewshot_registers_as_challenger_only(mlflow_sqlite, tmp_path):
+    client, exp = mlflow_sqlite
+    cfg = RegisterConfig(gate_metric="field_f1", gate_margin=0.02)
+    metrics = {"base": {"field_f1": 0.05}, "base_fewshot": {"field_f1": 0.62}, "candidate": {"field_f1": 0.60}}
+    run = client.create_run(exp).info.run_id
+    reg = register_candidate(run, _train_result(tmp_path, "a"), _eval(metrics), cfg, "json-model")
+    assert not reg.promoted and reg.aliases == ["challenger"]
+    assert any("does not beat the prompt-engineering baseline base_fewshot" in r for r in reg.reasons)
+    assert str(client.get_model_version_by_alias("json-model", "challenger").version) == reg.version
+    with pytest.raises(Exception, match="champion"):
+        client.get_model_version_by_alias("json-model", "champion")
+    assert client.get_run(run).data.tags["loraflow.register.decision"] == "not_promoted"
