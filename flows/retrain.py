@@ -75,7 +75,7 @@ def _clean_data(cfg: RetrainConfig, base_path: str, out_dir: str, run_id: str) -
     deduped = dedup_task(scrubbed.data, cfg.dedup, cfg.split, out_dir)
     _log_stage(run_id, deduped)
     try:
-        validated = validate_task(deduped.data, cfg.validate_, base_path, out_dir)
+        validated = validate_task(deduped.data, cfg.validate_, base_path, out_dir, pii=cfg.pii)
     except ContractViolation as e:  # a block rule: keep the evidence in the run, then stop before training
         tracking.log_validation(run_id, e.report)
         if e.report_uri:

@@ -44,6 +44,24 @@ def _default_tokenizer() -> str | None:
     return str(folder) if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists() else None
 
 
+def _show(result: dict, unreadable, report: Path | None) -> None:
+    """The rules table, the unreadable input lines and artifact paths on stdout; the JSON report if asked."""
+    typer.echo(result["table"])
+    if len(unreadable):
+        reasons = unreadable["reason"].value_counts().to_dict()
+        typer.echo(
+            f"{len(unreadable)} unreadable line(s) set aside before validation: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+        )
+    for name, path in (result.get("artifacts") or {}).items():
+        typer.echo(f"{name}: {path}")
+    if report is not None:
+        out = {k: v for k, v in result.items() if k != "table"}
+        out["unreadable_lines"] = len(unreadable)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(out, indent=2, default=str))
+
+
 def command(
     file: Annotated[
         Path,
@@ -72,8 +90,17 @@ def command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the rules table and counts as JSON (no record text).")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Retrain config whose `pii` section the residual-PII rule runs with (allow list, entity types). "
+            "Default: the PII stage's defaults.",
+        ),
+    ] = None,
 ) -> None:
     """Check records against a data contract: exit 0 clean, 1 when a block rule fails, 2 for unusable input."""
+    from flows.config import load_stage_config
     from tasks.core import StageError
     from tasks.ingest import load_file
     from tasks.validate import ContractViolation, ValidateConfig, load_contract, validate
@@ -81,6 +108,7 @@ def command(
     cfg = ValidateConfig(contract=contract or ValidateConfig().contract, data_docs=artifacts is not None)
     try:
         loaded_contract = load_contract(cfg.contract, cfg.contracts_dir)  # a broken contract fails before reading
+        pii = load_stage_config(config, "pii")
         loaded = load_file(file, columns=_column_map(columns))
     except StageError as e:
         _usage_error(str(e))
@@ -91,9 +119,8 @@ def command(
     counts_rules = any(r.rule in ("token_length", "length_percentiles") for r in loaded_contract.rules)
     tok = tokenizer or (_default_tokenizer() if counts_rules else None)
 
-    unreadable = len(loaded.quarantined)
     try:
-        outcome = validate(records, cfg, tok, artifacts_dir=artifacts)
+        outcome = validate(records, cfg, tok, artifacts_dir=artifacts, pii=pii)
         result, code = outcome.report, 0
     except ContractViolation as e:
         result, code = e.report, 1
@@ -102,21 +129,7 @@ def command(
         _usage_error(str(e))
         return
 
-    typer.echo(result["table"])
-    if unreadable:
-        reasons = loaded.quarantined["reason"].value_counts().to_dict()
-        typer.echo(
-            f"{unreadable} unreadable line(s) set aside before validation: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
-        )
-    if result.get("artifacts"):
-        for name, path in result["artifacts"].items():
-            typer.echo(f"{name}: {path}")
-    if report is not None:
-        out = {k: v for k, v in result.items() if k != "table"}
-        out["unreadable_lines"] = unreadable
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2, default=str))
+    _show(result, loaded.quarantined, report)
     if code:
         typer.secho(f"error: {blocked_message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code)
