@@ -51,6 +51,8 @@ def configure_environment() -> Path:
     env.setdefault("PREFECT_HOME", str(home / "prefect"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    # The embedded API server gets 20 s to start by default: too short on a loaded 2-core machine.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
     # Offline by design: nothing is fetched from a model or dataset hub at run time.
     env.setdefault("HF_HUB_OFFLINE", "1")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import pyarrow.parquet as pq
 from prefect import task
 from pydantic import Field
 
@@ -33,8 +34,8 @@ from tasks.core import (
     empty_quarantine,
     empty_records,
     finish_stage,
-    record_id,
 )
+from tasks.identity import keyed_record_id, project_key
 from tasks.messages import ROLES, coerce_messages, messages_problem
 
 Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
@@ -67,6 +68,11 @@ class SourceConfig(StrictModel):
 
 class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(description="Where the training (and frozen test) data comes from.")
+    id_secret_block: str | None = Field(
+        None,
+        description="Prefect Secret block holding the record-id key, for several machines retraining one project "
+        "(None: the key file under the loraflow home; see tasks/identity.py).",
+    )
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -134,9 +140,9 @@ def to_messages(obj: Any, fmt: Format, system_prompt: str | None) -> list[dict[s
     return messages
 
 
-def _record(messages, source: str, created_at: Any, meta: dict) -> dict[str, Any]:
+def _record(messages, source: str, created_at: Any, meta: dict, key: bytes, rid: str | None = None) -> dict:
     return {
-        "id": record_id(messages),
+        "id": rid or keyed_record_id(messages, key),
         "messages": messages,
         "source": source,
         "created_at": "" if created_at is None or created_at != created_at else str(created_at),
@@ -155,13 +161,21 @@ def _bad(path: Path, line: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-def _read_jsonl(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[list, list]:
+def count_lines(path: Path) -> int:
+    """Lines in a text file as ``for line in file`` sees them (a last line without a newline counts)."""
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _read_jsonl(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes) -> tuple[list, list]:
     kept, bad = [], []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if src.max_rows and len(kept) >= src.max_rows:
-                break
+                bad.append(_bad(path, lineno, "past_max_rows", f"after the first {src.max_rows} records"))
+                continue
             if not raw.strip():
+                bad.append(_bad(path, lineno, "blank_line", "blank line"))
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -179,17 +193,17 @@ def _read_jsonl(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[l
                 bad.append(_bad(path, lineno, e.reason, str(e)))
                 continue
             created = obj.get("created_at") if isinstance(obj, dict) else None
-            kept.append(_record(messages, name, created, {**meta, "line": lineno}))
+            kept.append(_record(messages, name, created, {**meta, "line": lineno}, key))
     return kept, bad
 
 
-def _read_table(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[list, list]:
+def _read_table(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes) -> tuple[list, list]:
     cols = src.columns or ColumnMap()
     try:
         if src.format == "parquet" or path.suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", skip_blank_lines=False)
     except pd.errors.EmptyDataError as e:
         raise StageError(f"Source {path} is empty: no header row and no data.") from e
     except (UnicodeDecodeError, pd.errors.ParserError, OSError, ValueError) as e:
@@ -202,11 +216,16 @@ def _read_table(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[l
             f"{', '.join(repr(c) for c in df.columns)}). Fix the header or set `columns:` for this source in "
             f"the config (text={cols.text!r}, label={cols.label!r})."
         )
-    if src.max_rows:
-        df = df.head(src.max_rows)
     kept, bad = [], []
-    for i, row in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
+    for n, row in enumerate(df.itertuples(index=False)):
+        i = n + 2  # line 1 is the header (for CSV without multi-line cells, the file's line number)
         r = dict(zip(df.columns, row, strict=True))
+        if src.max_rows and n >= src.max_rows:
+            bad.append(_bad(path, i, "past_max_rows", f"after the first {src.max_rows} rows"))
+            continue
+        if all(v == "" for v in r.values()):
+            bad.append(_bad(path, i, "blank_line", "blank row"))
+            continue
         text, label = r[cols.text], r[cols.label]
         if not isinstance(text, str) or not isinstance(label, str):
             bad.append(_bad(path, i, "non_string_content", "text or label is not a string"))
@@ -216,11 +235,12 @@ def _read_table(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[l
         if system:
             messages.insert(0, {"role": "system", "content": str(system)})
         created = r[cols.created_at] if cols.created_at else None
-        kept.append(_record(messages, name, created, {**meta, "line": i}))
+        kept.append(_record(messages, name, created, {**meta, "line": i}, key))
     return kept, bad
 
 
-def _read_records(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple[list, list]:
+def _read_records(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes) -> tuple[list, list]:
+    """loraflow's own records keep the id they were given (from their raw text, before scrubbing)."""
     files = sorted(path.glob(src.glob)) if path.is_dir() else [path]
     frames = [pd.read_parquet(f) for f in files if not f.name.startswith(".")]
     frames = [f for f in frames if len(f)]
@@ -231,12 +251,28 @@ def _read_records(path: Path, src: SourceConfig, name: str, meta: dict) -> tuple
     for r in df.to_dict("records"):
         messages = json.loads(r["messages"]) if isinstance(r["messages"], str) else list(r["messages"])
         old_meta = json.loads(r["meta"]) if isinstance(r.get("meta"), str) else (r.get("meta") or {})
-        kept.append(_record(messages, r.get("source") or name, r.get("created_at"), {**old_meta, **meta}))
+        rid = r.get("id") if isinstance(r.get("id"), str) and r.get("id") else None
+        kept.append(_record(messages, r.get("source") or name, r.get("created_at"), {**old_meta, **meta}, key, rid))
     return kept, []
 
 
-def load_source(src: SourceConfig, base_dir: str | Path = ".") -> StageOutcome:
-    """Read one source into canonical records + quarantined unreadable lines."""
+def _rows_in_file(path: Path, fmt: str, src: SourceConfig) -> int:
+    """Rows in the source counted from the file itself, apart from the parse that keeps or quarantines them."""
+    if fmt == "records":
+        files = sorted(path.glob(src.glob)) if path.is_dir() else [path]
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files if not f.name.startswith("."))
+    if fmt == "parquet" or path.suffix == ".parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if fmt == "csv":
+        return len(pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=[0]))
+    return count_lines(path)
+
+
+def load_source(src: SourceConfig, base_dir: str | Path = ".", key: bytes | None = None) -> StageOutcome:
+    """Read one source into canonical records + quarantined lines; ``report["rows_in"]`` counts the file.
+
+    ``key`` is the record-id key (default: the project's, see :func:`tasks.identity.project_key`).
+    """
     path = Path(src.path)
     if not path.is_absolute():
         path = Path(base_dir) / path
@@ -246,24 +282,29 @@ def load_source(src: SourceConfig, base_dir: str | Path = ".") -> StageOutcome:
         meta["split"] = src.split
     if not path.exists():
         if src.optional:
-            return StageOutcome(kept=empty_records(), quarantined=empty_quarantine())
+            return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report={"rows_in": 0})
         raise StageError(f"Source {path} does not exist (source {name!r} in the data config).")
     fmt = src.format
     if fmt == "auto" and path.is_file():
         fmt = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "auto")
-    if fmt == "records" or (fmt == "auto" and path.is_dir()):
-        kept, bad = _read_records(path, src, name, meta)
+    key = key if key is not None else project_key()
+    if fmt == "auto" and path.is_dir():
+        fmt = "records"
+    if fmt == "records":
+        kept, bad = _read_records(path, src, name, meta, key)
     elif path.is_file() and os.path.getsize(path) == 0:
         raise StageError(f"Source {path} is empty (0 bytes): nothing to train on from source {name!r}.")
     elif fmt in ("csv", "parquet"):
-        kept, bad = _read_table(path, src, name, meta)
+        kept, bad = _read_table(path, src, name, meta, key)
     else:
-        kept, bad = _read_jsonl(path, src, name, meta)
-        if not kept and not bad:
+        kept, bad = _read_jsonl(path, src, name, meta, key)
+        if not kept and all(b["reason"] == "blank_line" for b in bad):
             raise StageError(f"Source {path} has no records (only blank lines).")
     kept_df = pd.DataFrame(kept, columns=RECORD_COLUMNS) if kept else empty_records()
     bad_df = pd.DataFrame(bad) if bad else empty_quarantine()
-    return StageOutcome(kept=kept_df, quarantined=bad_df, report={"sources": {name: {"rows": len(kept)}}})
+    rows_in = _rows_in_file(path, fmt, src)
+    report = {"rows_in": rows_in, "sources": {name: {"rows_in": rows_in, "rows": len(kept)}}}
+    return StageOutcome(kept=kept_df, quarantined=bad_df, report=report)
 
 
 def load_file(path: str | Path, fmt: Format = "auto", columns: ColumnMap | None = None, source: str | None = None):
@@ -272,14 +313,24 @@ def load_file(path: str | Path, fmt: Format = "auto", columns: ColumnMap | None 
 
 
 def ingest(cfg: IngestConfig, base_dir: str | Path = ".") -> tuple[int, StageOutcome]:
-    """Read every source; returns (rows_in, outcome). rows_in counts every readable or quarantined line."""
-    kept, bad, per_source = [], [], {}
+    """Read every source; returns (rows_in, outcome).
+
+    ``rows_in`` is counted from the files themselves (every line or row, blank ones and those past ``max_rows``
+    included), never as kept + quarantined, so the stage's ledger check can fail.
+    """
+    kept, bad, per_source, rows_in = [], [], {}, 0
+    key = project_key(cfg.id_secret_block)
     for src in cfg.sources:
-        out = load_source(src, base_dir)
+        out = load_source(src, base_dir, key)
         kept.append(out.kept)
         bad.append(out.quarantined)
+        rows_in += out.report["rows_in"]
         name = src.name or Path(src.path).stem
-        per_source[name] = {"kept": len(out.kept), "quarantined": len(out.quarantined)}
+        per_source[name] = {
+            "rows_in": out.report["rows_in"],
+            "kept": len(out.kept),
+            "quarantined": len(out.quarantined),
+        }
     kept_df = (
         pd.concat([k for k in kept if len(k)], ignore_index=True) if any(len(k) for k in kept) else empty_records()
     )
@@ -289,7 +340,7 @@ def ingest(cfg: IngestConfig, base_dir: str | Path = ".") -> tuple[int, StageOut
     if kept_df.empty:
         raise StageError("No readable records in any source: " + ", ".join(s.path for s in cfg.sources) + ".")
     outcome = StageOutcome(kept=kept_df, quarantined=bad_df, report={"sources": per_source})
-    return len(kept_df) + len(bad_df), outcome
+    return rows_in, outcome
 
 
 @task(name="ingest")

@@ -19,7 +19,6 @@ from tasks.core import (
     empty_quarantine,
     empty_records,
     quarantine_rows,
-    record_id,
     run_stage,
 )
 from tasks.messages import ROLES, messages_problem
@@ -109,7 +108,7 @@ def _scrub_record(rec: pd.Series, found: dict[int, list[PiiSpan]], cfg: PiiConfi
             {**m, "content": replace(m["content"], found.get(j, []), ph, Pseudonyms(), None)}
             for j, m in enumerate(rec["messages"])
         ]
-    new = {"id": record_id(new_msgs), "messages": new_msgs, "source": rec.get("source"),
+    new = {"id": rec["id"], "messages": new_msgs, "source": rec.get("source"),
            "created_at": rec.get("created_at"), "meta": rec.get("meta")}  # fmt: skip
     return new, drop_types
 
@@ -148,8 +147,8 @@ def scrub_with_spans(
     Quarantined: records whose messages are not a list of {role, content} with string, valid-UTF-8 text
     (reasons ``malformed_messages``, ``non_string_content``, ``invalid_utf8``, ``binary_content``; the record is
     not stored, only where the problem is), and records holding an entity whose operator is ``drop_row``
-    (reason ``pii_drop_row``; stored scrubbed with placeholders). Kept records get new ids computed from the
-    scrubbed text.
+    (reason ``pii_drop_row``; stored scrubbed with placeholders). Every record keeps the id ingest gave it
+    from its raw text, so PII settings never change an id or a split.
 
     Returns the outcome and the detected spans by (row position in ``records``, message index), offsets into
     the original message text (for ``loraflow scrub --spans``).
