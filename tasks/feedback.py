@@ -64,9 +64,9 @@ from tasks.core import (
     empty_quarantine,
     empty_records,
     quarantine_rows,
-    record_id,
 )
 from tasks.home import loraflow_home
+from tasks.identity import keyed_record_id, project_key
 from tasks.messages import ROLES, messages_problem
 
 STAGE = "feedback"
@@ -436,6 +436,7 @@ def extract_day(url: str | None, day: dt.date, cfg: FeedbackStoreConfig | None =
     cfg = cfg or FeedbackStoreConfig()
     url = url or cfg.resolved_url()
     rows = read_day(url, day)
+    id_key = project_key()  # ids from the raw request + target, like ingest's: scrubbing never changes them
     with Session(engine(url)) as s:
         registered, patterns = _known_versions(s, cfg)
 
@@ -482,7 +483,7 @@ def extract_day(url: str | None, day: dt.date, cfg: FeedbackStoreConfig | None =
             target, kind, reason = fb.response, "rejected", "preference_only"
         messages = [*request, {"role": "assistant", "content": target}]
         rec = {
-            "id": record_id(messages),
+            "id": keyed_record_id(messages, id_key),
             "messages": messages,
             "source": cfg.source_name,
             "created_at": fb.created_at.isoformat(),
