@@ -5,6 +5,7 @@ and exits non-zero, without a traceback; anything else is a bug and keeps its tr
 """
 
 import logging
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,7 @@ def run_retrain(config: Path, overrides: list[str], dry_run: bool = False, **fie
     from flows.params import RetrainParams
     from flows.retrain import retrain
     from tasks.core import StageError
+    from tasks.train import TrainingInterrupted
 
     _quiet_user_errors()
     params = RetrainParams(config=str(config), overrides=overrides, dry_run=dry_run, **fields)
@@ -59,6 +61,10 @@ def run_retrain(config: Path, overrides: list[str], dry_run: bool = False, **fie
         return retrain(params)
     except StageError as e:
         fail(str(e))
+    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: a checkpoint is written, the MLflow run is KILLED
+        again = " ".join(shlex.quote(a) for a in ["loraflow", *sys.argv[1:]])
+        typer.secho(f"stopped at step {e.step} ({e.checkpoint}); resume with: {again}", fg="yellow", err=True)
+        raise typer.Exit(e.exit_code) from None
     return {}
 
 
@@ -128,11 +134,13 @@ def models_prepare(
 
 
 def _register_commands() -> None:
-    """The per-stage commands live beside the stages' owners, in loraflow/commands/."""
-    try:
-        from loraflow.commands import dedup, deploy, feedback, scrub, validate
-    except ImportError:
-        return
+    """The per-stage commands live beside the stages' owners, in loraflow/commands/.
+
+    An import error here is a broken install or a bug: it propagates, never silently drops commands.
+    """
+    from loraflow.commands import dedup, deploy, export, feedback, scrub, validate
+
+    app.command("export", help=export.command.__doc__)(export.command)
     app.command("scrub", help=scrub.command.__doc__)(scrub.command)
     app.command("dedup", help=dedup.command.__doc__)(dedup.command)
     app.command("validate", help=validate.command.__doc__)(validate.command)

@@ -56,10 +56,55 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
         exp_id = c.create_experiment(experiment, **kwargs)
     else:
         exp_id = exp.experiment_id
-    return c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        close_stale_runs(exp_id)
+    return c.create_run(exp_id, run_name=run_name, tags={**tags, **_owner_tags()}).info.run_id
+
+
+def _owner_tags() -> dict[str, str]:
+    """Which process holds the run open, so a later run can tell a crashed one (dead pid) from a live one."""
+    import socket
+
+    from tasks.train.checkpoints import process_start_time
+
+    return {
+        "loraflow.host": socket.gethostname(),
+        "loraflow.pid": str(os.getpid()),
+        "loraflow.pid_started": str(process_start_time(os.getpid()) or ""),
+    }
+
+
+def close_stale_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process on this host is gone (SIGKILL, OOM, power loss).
+
+    Runs opened on other hosts, or before runs carried their owner, are left alone. Returns the run ids closed.
+    """
+    import socket
+
+    from tasks.train.checkpoints import process_alive
+
+    c, closed = client(), []
+    for run in c.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200):
+        tags = run.data.tags
+        if tags.get("loraflow.host") != socket.gethostname() or not tags.get("loraflow.pid"):
+            continue
+        started = float(tags["loraflow.pid_started"]) if tags.get("loraflow.pid_started") else None
+        if process_alive(int(tags["loraflow.pid"]), started):
+            continue
+        c.set_tag(run.info.run_id, "loraflow.closed_reason", "its process ended without closing the run")
+        c.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """Close the run; a run failing because training was stopped by SIGTERM / Ctrl-C is KILLED, not FAILED."""
+    import sys
+
+    from tasks.train.interrupt import interrupted_by
+
+    in_flight = sys.exc_info()[1]  # called from a ``finally``: the exception on its way out, if any
+    if status == "FAILED" and (interrupted_by() is not None or isinstance(in_flight, KeyboardInterrupt)):
+        status = "KILLED"
     client().set_terminated(run_id, status=status)
 
 

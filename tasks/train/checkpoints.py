@@ -2,7 +2,7 @@
 
 Checkpoints go to ``<root>/<key>/checkpoint-<step>/`` where ``key`` hashes everything that decides the
 training result: the train and val splits' content digests, the train config (minus settings that do not
-change the result) , the base model's weights hash and the warm-start adapter's hash. The same retrain started
+change the result), the base model's weights hash and the warm-start adapter's hash. The same retrain started
 again after a kill therefore finds its own checkpoints, and a different one never picks them up.
 """
 
@@ -51,8 +51,16 @@ def last_checkpoint(folder: Path) -> tuple[str, int] | None:
 def claim(folder: Path) -> None:
     """Record this process as the folder's owner (so a cleanup elsewhere knows it is alive)."""
     folder.mkdir(parents=True, exist_ok=True)
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _proc_start(os.getpid())}
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid())}
     (folder / OWNER_FILE).write_text(json.dumps(owner))
+
+
+def release(folder: Path) -> None:
+    """Give the folder up after a failure: keep it when it holds a checkpoint to resume from, else remove it."""
+    if last_checkpoint(folder) is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        (folder / OWNER_FILE).unlink(missing_ok=True)
 
 
 def owner_alive(folder: Path) -> bool:
@@ -76,10 +84,10 @@ def process_alive(pid: int, started: float | None = None) -> bool:
         return False
     except PermissionError:
         return True
-    return started is None or abs((_proc_start(pid) or 0) - started) < 2
+    return started is None or abs((process_start_time(pid) or 0) - started) < 2
 
 
-def _proc_start(pid: int) -> float | None:
+def process_start_time(pid: int) -> float | None:
     try:
         import psutil
 

@@ -181,13 +181,17 @@ def train_adapter(
     if not cfg.resume:
         shutil.rmtree(folder, ignore_errors=True)
     ckpt.claim(folder)
-    with cost.Meter("train") as meter, stop_on_signals():
-        result, trainer = _fit(base, train_ds, val_ds, cfg, device, precision, folder, init, on_log)
+    try:
+        with cost.Meter("train") as meter, stop_on_signals():
+            result, trainer = _fit(base, train_ds, val_ds, cfg, device, precision, folder, init, on_log)
+    except BaseException:
+        ckpt.release(folder)
+        raise
     if requested():
         step = int(trainer.state.global_step)
         last = ckpt.last_checkpoint(folder)
+        ckpt.release(folder)
         hint = "run the same command again to resume from it"
-        (folder / ckpt.OWNER_FILE).unlink(missing_ok=True)
         raise TrainingInterrupted(interrupted_by() or 15, step, last[0] if last else None, hint)
     result.update(usage=meter.usage, init_from="champion" if init else "base")
     staged = folder / "adapter"
