@@ -27,6 +27,7 @@ from tasks.pii import scrub_pii_task
 from tasks.register import current_champion, register_task
 from tasks.split import split_task
 from tasks.summary import retrain_markdown
+from tasks.testset import log_test_set, record_test_set, tag_version, write_plan
 from tasks.train import train_task
 from tasks.validate import ContractViolation, validate_splits_task, validate_task
 
@@ -72,6 +73,8 @@ def _clean_data(cfg: RetrainConfig, base_path: str, out_dir: str, run_id: str) -
     finally:
         discard(ingested.data)
     _log_stage(run_id, scrubbed)
+    # The frozen test set decides dedup's test-leak check and the split: plan it once, from the recorded state.
+    cfg.split = cfg.split.model_copy(update={"plan": write_plan(scrubbed.data, cfg.split, cfg.name, out_dir)})
     deduped = dedup_task(scrubbed.data, cfg.dedup, cfg.split, out_dir)
     _log_stage(run_id, deduped)
     try:
@@ -91,6 +94,10 @@ def _split(cfg: RetrainConfig, validated: StageResult, out_dir: str, run_id: str
     splits = split_task(validated.data, cfg.split, out_dir)
     get_run_logger().info("split: %s", " ".join(f"{k}={v}" for k, v in splits.counts.items()))
     tracking.log_artifact(run_id, splits.report_uri, "reports")
+    manifest = record_test_set(cfg.name, cfg.split.plan, splits.test)
+    log_test_set(run_id, manifest)
+    get_run_logger().info("test set v%s: %d ids (sha256 %s)", manifest["version"], manifest["count"],
+                          manifest["sha256"][:12])  # fmt: skip
     validate_splits_task(splits, cfg.validate_)
     for name, ref in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         tracking.log_dataset(run_id, ref, f"{cfg.name}-{name}", {"val": "validation"}.get(name, name))
@@ -119,6 +126,7 @@ def _train_and_gate(cfg: RetrainConfig, base, splits, stages: list[StageResult],
     tracking.log_charts(run_id, run_dir / "charts", stages, evaluation.metrics, evaluation.predictions_uri,
                         classification=cfg.evaluate.task == "classification")  # fmt: skip
     registration = register_task(run_id, trained, evaluation, cfg.register_, model_name, splits.train.sha256)
+    tag_version(registration.model_name, registration.version, run_id)
     logger.info("registered %s version %s, aliases %s; promoted=%s: %s", registration.model_name,
                 registration.version, registration.aliases, registration.promoted,
                 "; ".join(registration.reasons))  # fmt: skip

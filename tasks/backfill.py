@@ -20,7 +20,6 @@ that runs this per day is ``flows/backfill.py``; the MLflow and summary helpers 
 
 import datetime as dt
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from tasks.core import (
     StageError,
     StageOutcome,
     atomic_write_parquet,
+    atomic_write_text,
     empty_quarantine,
     empty_records,
     file_sha256,
@@ -192,7 +192,7 @@ def backfill_day(
         }
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_parquet(_disk(quarantine, QUARANTINE_COLUMNS), out / QUARANTINE)
-        _atomic_write_text(out / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
         atomic_write_parquet(_disk(kept, RECORD_COLUMNS), out / PART)
         return {**summary, **counts, "sha256": file_sha256(out / PART), "dry_run": False}
 
@@ -203,12 +203,6 @@ def _counts(kept: pd.DataFrame, quarantine: pd.DataFrame) -> dict[str, int]:
         for reason, n in sorted(Counter(quarantine["reason"]).items()):
             counts[f"quarantined_{reason}"] = int(n)
     return counts
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def backfill_window(

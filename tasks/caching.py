@@ -1,10 +1,165 @@
-"""Prefect caching for data stages: keyed on the input's content hash, the stage config and the code.
+"""Prefect caching for data stages: a key that changes whenever anything that decides the output changes.
 
-``INPUTS`` covers the input :class:`~tasks.core.DatasetRef` (its uri carries its content digest, its sha256
-the whole content) and the stage's own config; ``TASK_SOURCE`` invalidates the cache when the stage's code
-changes. Results persist under ``PREFECT_HOME`` so a second run in a new process hits the cache.
+``DATA_STAGE_CACHE`` keys a stage task on
+
+* its inputs (Prefect's ``INPUTS``): the input :class:`~tasks.core.DatasetRef` (whose ``sha256`` is the whole
+  content) and the stage's own config;
+* the contents of every file the config names (a deny list, a labels file: any string value of a config model
+  that is an existing file);
+* the source of the stage's code — every module of the stage's package (``tasks/pii/*.py``, not only the
+  one-line ``@task`` wrapper that Prefect's ``TASK_SOURCE`` hashes) and, transitively, every ``tasks.*`` module
+  those import (``tasks/core.py``, ``tasks/split.py`` for dedup's test mask...);
+* the versions of the libraries that code imports (Presidio, spaCy, datasketch, Great Expectations,
+  transformers...) and of any installed package a config names (the spaCy model ``en_core_web_sm``).
+
+Stage outputs are content-addressed (:func:`tasks.core.finish_stage`, :func:`tasks.split.run_split`): a file's
+name is the digest of what it holds, so a cached result can never point at a file a later run overwrote with
+something else. Results persist under ``PREFECT_HOME`` so a second run in a new process hits the cache.
 """
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-DATA_STAGE_CACHE = INPUTS + TASK_SOURCE
+from prefect.cache_policies import INPUTS, CachePolicy
+from pydantic import BaseModel
+
+from tasks.core import DatasetRef
+
+_TASKS_ROOT = Path(__file__).resolve().parent
+
+
+def _module_files(module: str) -> list[Path]:
+    """The source files of a ``tasks.*`` module: a package's every ``.py`` file, or the one module file."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    return sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" else [origin]
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # ``tasks.core.record_id``: a name inside a module, not a module
+        return False
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name ``path`` imports (absolute and package-relative)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(path.relative_to(_TASKS_ROOT.parent).with_suffix("").parts[:-1])
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return out
+
+
+def _stage_package(module: str) -> str:
+    """``tasks.pii.stage`` → ``tasks.pii`` (the stage's package); ``tasks.split`` stays itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else module
+
+
+@functools.cache
+def code_closure(module: str) -> tuple[tuple[Path, ...], frozenset[str]]:
+    """The stage's source files (its package and every ``tasks.*`` module they import) and the third-party
+    top-level modules they import."""
+    seen: dict[str, list[Path]] = {}
+    third_party: set[str] = set()
+    todo = [_stage_package(module)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen[name] = _module_files(name)
+        for f in seen[name]:
+            for imp in _imports(f):
+                if imp.startswith("tasks.") and _is_module(imp):
+                    todo.append(_stage_package(imp))
+                elif imp and not imp.startswith(("tasks", "flows", "loraflow")):
+                    third_party.add(imp.split(".")[0])
+    files = sorted({f for fs in seen.values() for f in fs})
+    return tuple(files), frozenset(third_party)
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _dist_versions(names: set[str]) -> dict[str, str]:
+    """Installed distribution versions for top-level module names (stdlib and unknown names are skipped)."""
+    dists = _distributions()
+    out = {}
+    for name in sorted(names):
+        for dist in dists.get(name, []):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
+def _config_strings(value: Any) -> list[str]:
+    """Every string inside the config models among a task's inputs (not inside DatasetRefs or plain strings,
+    whose paths are output folders)."""
+    if isinstance(value, DatasetRef):
+        return []
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+        found: list[str] = []
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, str):
+                found.append(v)
+            elif isinstance(v, dict):
+                stack.extend(v.values())
+            elif isinstance(v, list | tuple):
+                stack.extend(v)
+        return found
+    return []
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_fingerprint(module: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What, besides the inputs themselves, decides a stage's output: code, named files, library versions."""
+    files, third_party = code_closure(module)
+    strings = [s for v in inputs.values() for s in _config_strings(v)]
+    named = sorted({s for s in strings if len(s) < 4096 and Path(s).is_file()})
+    return {
+        "code": {str(f.relative_to(_TASKS_ROOT.parent)): _file_digest(f) for f in files},
+        "files": {s: _file_digest(Path(s)) for s in named},
+        "versions": _dist_versions(set(third_party) | {s for s in strings if s.isidentifier()}),
+    }
+
+
+@dataclass
+class StageCode(CachePolicy):
+    """The code, named-file and library-version part of a data stage's cache key (see the module docstring)."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
+        fingerprint = stage_fingerprint(task_ctx.task.fn.__module__, inputs)
+        return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+DATA_STAGE_CACHE = INPUTS + StageCode()

@@ -196,6 +196,20 @@ def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
             os.unlink(tmp)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_records(df: pd.DataFrame, path: str | Path) -> DatasetRef:
     """Write a records (or quarantine) frame to Parquet and return its reference."""
     disk = _to_disk(df)
@@ -231,8 +245,8 @@ def finish_stage(
 ) -> StageResult:
     """Check the stage's ledger, write its outputs and JSON report, and return the reference.
 
-    Output names carry the content hash of the kept data, so two runs on the same data write the same
-    files and a cached result stays valid. ``data_dir`` (default ``out_dir``) is where the kept records go.
+    Output names carry the content hash of what each file holds, so two runs on the same data write the same
+    files and a cached result always points at the file it made. ``data_dir`` (default ``out_dir``) is where the kept records go.
     ``outcome.kept`` is a DataFrame, or an iterable of DataFrame batches from a stage that streams data too
     large for memory: those are written one by one (same content hash), and the ledger checked at the end.
     """
@@ -254,16 +268,18 @@ def finish_stage(
     for reason, n in sorted(by_reason.items()):
         counts[f"quarantined_{reason}"] = int(n)
 
+    # Each file is named by the digest of its own content: two runs that keep the same rows but quarantine
+    # different ones (or report differently) never overwrite each other's files.
     out_dir = Path(out_dir)
-    digest = data.sha256[:12]
-    qframe = quarantined[QUARANTINE_COLUMNS] if len(quarantined) else empty_quarantine()
-    quarantine = write_records(qframe, out_dir / f"{stage}-{digest}.quarantine.parquet")
+    qdisk = _to_disk(quarantined[QUARANTINE_COLUMNS] if len(quarantined) else empty_quarantine())
+    quarantine = write_records(qdisk, out_dir / f"{stage}-{frame_sha256(qdisk)[:12]}.quarantine.parquet")
 
     report = {"stage": stage, "counts": counts, **outcome.report}
     if outcome.metrics:
         report["metrics"] = outcome.metrics
-    report_path = out_dir / f"{stage}-{digest}.report.json"
-    report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    text = json.dumps(report, indent=2, sort_keys=True, default=str)
+    report_path = out_dir / f"{stage}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.report.json"
+    atomic_write_text(report_path, text)
     return StageResult(stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts)
 
 
