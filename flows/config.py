@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from tasks.core import StageError, StrictModel
+from tasks.cost import CostConfig
 from tasks.dedup import DedupConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig, SourceConfig
@@ -42,6 +43,7 @@ class RetrainConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+    cost: CostConfig = Field(default_factory=CostConfig)
 
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 

@@ -34,6 +34,16 @@ def split_and_train(split: dict[str, int] | None, train: dict[str, Any] | None) 
     return lines
 
 
+def cost_lines(cost: dict[str, float] | None) -> list[str]:
+    """What the run used and cost (``tasks.cost.cost_metrics``): CPU / GPU seconds, tokens, memory, estimate."""
+    if not cost:
+        return []
+    tokens = ", ".join(f"{k.removeprefix('cost.tokens_')} {v:,.0f}" for k, v in cost.items() if "tokens_" in k)
+    return ["", "| CPU s | GPU s | tokens | peak RSS | estimate |", "|---:|---:|---|---:|---:|",
+            f"| {cost.get('cost.cpu_s', 0):.0f} | {cost.get('cost.gpu_s', 0):.0f} | {tokens or '-'} | "
+            f"{cost.get('cost.peak_rss_mb', 0) / 1024:.1f} GB | {cost.get('cost.estimate', 0):.4f} |"]  # fmt: skip
+
+
 def retrain_markdown(
     name: str,
     run_link: str,
@@ -42,6 +52,7 @@ def retrain_markdown(
     decision: Any,
     split: dict[str, int] | None = None,
     train: dict[str, Any] | None = None,
+    cost: dict[str, float] | None = None,
 ) -> str:
     """The whole page: title, MLflow run, stage counts, metrics, and the registration with its reasons.
 
@@ -54,9 +65,10 @@ def retrain_markdown(
             ``reasons``), or None.
         split: the split's counts (``rows_in``, ``train``, ``val``, ``test``), or None.
         train: ``tracking.train_summary`` of the training, or None.
+        cost: the run's ``cost.*`` metrics (``tasks.cost.cost_metrics``), or None.
     """
     lines = [f"# Retrain `{name}`", "", f"MLflow run: {run_link}", "", *stage_table(stages)]
-    lines += split_and_train(split, train)
+    lines += split_and_train(split, train) + cost_lines(cost)
     if metrics:
         lines += ["", *metrics_markdown(metrics)]
     if decision is not None:
