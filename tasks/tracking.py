@@ -144,6 +144,7 @@ def log_stage(run_id: str, result: StageResult) -> None:
 def log_dataset(run_id: str, ref: DatasetRef, name: str, context: str) -> None:
     """Log a split as an MLflow dataset input: its content digest, row count and where it lives."""
     import mlflow
+    from mlflow.entities import Dataset as DatasetEntity
     from mlflow.entities import DatasetInput, InputTag
 
     df = read_records(ref)
@@ -152,7 +153,16 @@ def log_dataset(run_id: str, ref: DatasetRef, name: str, context: str) -> None:
     with warnings.catch_warnings():  # a local path matches two equivalent source kinds; MLflow warns, then picks one
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(df, source=ref.uri, name=name, digest=ref.sha256[:16])
-    entity = ds._to_mlflow_entity()
+    # The public to_dict() carries exactly the fields of the registry's Dataset entity (name, digest, source...).
+    info = ds.to_dict()
+    entity = DatasetEntity(
+        name=info["name"],
+        digest=info["digest"],
+        source_type=info["source_type"],
+        source=info["source"],
+        schema=info.get("schema"),
+        profile=info.get("profile"),
+    )
     tags = [InputTag("mlflow.data.context", context)]
     client().log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
 
