@@ -28,7 +28,14 @@ def data_root() -> Path:
 
 
 def model_cache() -> Path:
-    return Path(os.environ.get("LORAFLOW_MODEL_CACHE", loraflow_home() / "models")).expanduser().resolve()
+    """``LORAFLOW_MODEL_CACHE``, else the home's ``models/``. A home without a prepared model (a command run from
+    another folder) falls back to this checkout's own cache, where ``make models`` put the default model."""
+    if os.environ.get("LORAFLOW_MODEL_CACHE"):
+        return Path(os.environ["LORAFLOW_MODEL_CACHE"]).expanduser().resolve()
+    own = loraflow_home() / "models"
+    checkout = Path(__file__).resolve().parents[1] / ".loraflow" / "models"
+    prepared = lambda d: d.is_dir() and any(d.glob("*/config.json"))  # noqa: E731
+    return checkout if not prepared(own) and prepared(checkout) else own
 
 
 def tmp_root() -> Path:

@@ -118,6 +118,14 @@ def command(
         _usage_error(f"{file}: no readable records ({len(loaded.quarantined)} unreadable lines).")
     counts_rules = any(r.rule in ("token_length", "length_percentiles") for r in loaded_contract.rules)
     tok = tokenizer or (_default_tokenizer() if counts_rules else None)
+    if counts_rules and tok is None:
+        from tasks.base_model import DEFAULT_BASE_MODEL
+        from tasks.home import model_cache
+
+        _usage_error(
+            f"contract {cfg.contract!r} counts tokens, and the default base model {DEFAULT_BASE_MODEL} is not in "
+            f"the model cache ({model_cache()}): run `loraflow models prepare` once, or pass --tokenizer PATH."
+        )
 
     try:
         outcome = validate(records, cfg, tok, artifacts_dir=artifacts, pii=pii)
