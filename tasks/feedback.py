@@ -299,6 +299,34 @@ def register_model_versions(names: list[str], url: str | None = None) -> int:
     return len(fresh)
 
 
+def rate(
+    feedback_id: int,
+    rating: Any = None,
+    corrected_response: str | None = None,
+    flag_reason: str | None = None,
+    url: str | None = None,
+) -> bool:
+    """Add a rating / correction / flag to a stored row (what the model server's ``/v1/feedback`` does).
+
+    Only the fields given change; returns False when no row has that id. Raises StageError on a bad rating.
+    """
+    try:
+        scale, value = parse_rating(rating)
+    except ValueError as e:
+        raise StageError(f"feedback: {e}.") from None
+    with Session(engine(url)) as s, s.begin():
+        row = s.get(Feedback, feedback_id)
+        if row is None:
+            return False
+        if scale is not None:
+            row.rating_scale, row.rating = scale, value
+        if corrected_response:
+            row.corrected_response = corrected_response
+        if flag_reason:
+            row.flag_reason = flag_reason
+    return True
+
+
 def import_file(path: str | Path, url: str | None = None) -> dict[str, Any]:
     """Import a JSONL file of feedback rows into the store; idempotent (identical rows are stored once).
 

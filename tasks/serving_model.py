@@ -19,6 +19,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -267,13 +268,14 @@ def _mlflow_python_model_base():
     return mlflow.pyfunc.PythonModel
 
 
+# ``model_input: pd.DataFrame``: the hint MLflow accepts without inferring a signature (it is given explicitly).
 class LoraChatModel(_mlflow_python_model_base()):
     """MLflow pyfunc: chat prompts in, answers out, base model found by hash, adapter from the artifacts."""
 
     def load_context(self, context):
         self.engine = ChatEngine(ServingSettings(**context.model_config), context.artifacts[ADAPTER_KEY])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         params = params or {}
         constrained = {"true": True, "false": False}.get(str(params.get("constrained", "default")).lower())
         answers = [
@@ -399,7 +401,9 @@ def download_version(ref: str, dst: str | Path | None = None) -> ServedVersion:
 def _set_model() -> None:
     import mlflow.models
 
-    mlflow.models.set_model(LoraChatModel())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.models.set_model(LoraChatModel())
 
 
 _set_model()
