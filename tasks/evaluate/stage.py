@@ -11,6 +11,7 @@ judge), ``eval_report.md`` (side-by-side examples) and ``eval_metrics.png`` (a b
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -87,8 +88,9 @@ def _load(base_path: str, cfg: EvalConfig):
 class _Scorer:
     """Holds the base model and the PEFT wrapper; scores a named model with or without an adapter."""
 
-    def __init__(self, model, tokenizer, base_sha: str):
+    def __init__(self, model, tokenizer, base_sha: str, pool: pd.DataFrame):
         self.model, self.tokenizer, self.base_sha, self.peft = model, tokenizer, base_sha, None
+        self.pool = pool  # the train records: few-shot examples and the generation budget
 
     def check(self, adapter: str) -> str | None:
         sha = _adapter_base_sha(adapter)
@@ -185,43 +187,63 @@ def _label_set(cfg: EvalConfig, items: pd.DataFrame, pool: pd.DataFrame, labels:
     return sorted(set(cfg.labels or labels or derived))
 
 
-def _score_models(scorer: _Scorer, plan, items, cfg, fewshot, label_set, schema, template, rows):
-    """Generate and score every planned model; returns (metrics, per-item stats, tables, predictions, ...)."""
-    tok = scorer.tokenizer
-    trie, trie_labels = None, []
-    if cfg.task == "classification":
-        trie_labels = label_token_ids(tok, label_set)
-        trie = LabelTrie(trie_labels, end_token_id(tok)) if cfg.constrained else None
-    max_new = _budget(cfg, tok, scorer.pool, items, trie_labels)
-    texts = {}
-    for shots in (False, True):
-        prompts = [with_fewshot(p, fewshot) if shots else p for p in items["prompt_msgs"]]
-        texts[shots] = (
-            [render_prompt(tok, p, template) for p in prompts],
-            [render_full(tok, p, r[0], template) for p, r in zip(prompts, items["refs"], strict=True)],
-        )
-    metrics, stats, tables, preds, timings, skipped = {}, {}, [], {}, {}, {}
-    for name, adapter, shots in plan:
-        t0 = time.perf_counter()
-        if adapter is not None and (why := scorer.check(adapter)):
-            skipped[name] = why
-            continue
-        model, ctx = scorer.activate(name, adapter)
-        with ctx:
-            free, constrained, loss = score_all(model, tok, *texts[shots], max_new, cfg.batch_size, trie=trie)
-        m, stats[name] = _task_metrics(cfg, items, free, constrained, label_set, schema)
-        m["test_loss"] = float(loss)
+@dataclass
+class _Run:
+    """What one evaluation accumulates: the test items, and per scored model its metrics, stats and answers."""
+
+    items: pd.DataFrame
+    rows: pd.DataFrame
+    label_set: list[str]
+    schema: dict | None
+    fewshot: list[dict]
+    max_new: int = 0
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    stats: dict[str, dict] = field(default_factory=dict)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    preds: dict[str, list[str]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def add(self, cfg: EvalConfig, name: str, free: list[str], constrained: list[str] | None, extra: dict) -> None:
+        """Score one model's answers and keep them."""
+        m, self.stats[name] = _task_metrics(cfg, self.items, free, constrained, self.label_set, self.schema)
+        m.update(extra)
         if cfg.task == "generation":
-            by_key = dict(zip(items["key"], free, strict=True))
-            first = rows.head(ZENML_ROWS)
+            by_key = dict(zip(self.items["key"], free, strict=True))
+            first = self.rows.head(ZENML_ROWS)
             m["rougeL_first50_single_ref"] = single_reference_rouge(
                 [by_key[k] for k in first["key"]], list(first["target"])
             )
-        metrics[name] = {k: round(float(v), 6) for k, v in m.items()}
-        preds[name] = free
-        tables.append(_table(name, items, free, constrained))
-        timings[name] = round(time.perf_counter() - t0, 2)
-    return metrics, stats, tables, preds, timings, skipped, max_new
+        self.metrics[name] = {k: round(float(v), 6) for k, v in m.items()}
+        self.preds[name] = free
+        self.tables.append(_table(name, self.items, free, constrained))
+
+
+def _score_models(scorer: _Scorer, plan, run: _Run, cfg: EvalConfig, template: str | None) -> None:
+    """Generate with and score every planned model, into ``run``."""
+    tok = scorer.tokenizer
+    trie, trie_labels = None, []
+    if cfg.task == "classification":
+        trie_labels = label_token_ids(tok, run.label_set)
+        trie = LabelTrie(trie_labels, end_token_id(tok)) if cfg.constrained else None
+    run.max_new = _budget(cfg, tok, scorer.pool, run.items, trie_labels)
+    texts = {}
+    for shots in (False, True):
+        prompts = [with_fewshot(p, run.fewshot) if shots else p for p in run.items["prompt_msgs"]]
+        texts[shots] = (
+            [render_prompt(tok, p, template) for p in prompts],
+            [render_full(tok, p, r[0], template) for p, r in zip(prompts, run.items["refs"], strict=True)],
+        )
+    for name, adapter, shots in plan:
+        t0 = time.perf_counter()
+        if adapter is not None and (why := scorer.check(adapter)):
+            run.skipped[name] = why
+            continue
+        model, ctx = scorer.activate(name, adapter)
+        with ctx:
+            free, constrained, loss = score_all(model, tok, *texts[shots], run.max_new, cfg.batch_size, trie=trie)
+        run.add(cfg, name, free, constrained, {"test_loss": float(loss)})
+        run.timings[name] = round(time.perf_counter() - t0, 2)
 
 
 def evaluate_models(
@@ -256,46 +278,24 @@ def evaluate_models(
     base = resolve_base_model(base_model)
     items, rows = _test_items(test, cfg)
     pool = _pool(label_sources)
-    label_set = _label_set(cfg, items, pool, labels)
     tokenizer, model = _load(base.path, cfg)
-    scorer = _Scorer(model, tokenizer, base.sha256)
-    scorer.pool = pool
+    scorer = _Scorer(model, tokenizer, base.sha256, pool)
     fewshot = pick_fewshot(pool, cfg.fewshot_k, cfg.seed, cfg.fewshot_pick, cfg.task) if "base" in adapters else []
-    plan = _plan(adapters, cfg, fewshot)
-    schema = _load_schema(cfg.json_schema)
-    metrics, stats, tables, preds, timings, skipped, max_new = _score_models(
-        scorer, plan, items, cfg, fewshot, label_set, schema, prompt_template, rows
-    )
-    _external_baseline(cfg, items, label_set, schema, metrics, stats, tables, preds, skipped)
-    intervals = (
-        candidate_intervals(stats, "candidate", cfg.bootstrap, cfg.confidence, cfg.seed) if cfg.bootstrap else {}
-    )
+    run = _Run(items, rows, _label_set(cfg, items, pool, labels), _load_schema(cfg.json_schema), fewshot)
+    _score_models(scorer, _plan(adapters, cfg, fewshot), run, cfg, prompt_template)
+    _external_baseline(cfg, run)
+    intervals = {}
+    if cfg.bootstrap:
+        intervals = candidate_intervals(run.stats, "candidate", cfg.bootstrap, cfg.confidence, cfg.seed)
     forgetting = None
-    if cfg.forgetting_set and adapters.get("candidate") and "candidate" in metrics:
+    if cfg.forgetting_set and adapters.get("candidate") and "candidate" in run.metrics:
         forgetting = forgetting_delta(scorer, adapters["candidate"], cfg, prompt_template)
-    judge = _run_judge(cfg, items, preds, metrics) if cfg.judge else None
-    return _write_outputs(
-        out_dir,
-        test,
-        cfg,
-        base,
-        adapters,
-        items,
-        label_set,
-        metrics,
-        intervals,
-        forgetting,
-        judge,
-        tables,
-        preds,
-        timings,
-        skipped,
-        max_new,
-        fewshot,
-    )
+    judge = _run_judge(cfg, run) if cfg.judge else None
+    extras = {"intervals": intervals, "forgetting": forgetting, "judge": judge}
+    return _write_outputs(Path(out_dir), test, cfg, base, adapters, run, extras)
 
 
-def _external_baseline(cfg, items, label_set, schema, metrics, stats, tables, preds, skipped) -> None:
+def _external_baseline(cfg: EvalConfig, run: _Run) -> None:
     """Score a hosted model on the same prompts as one more baseline row (``cfg.external``)."""
     if cfg.external is None:
         return
@@ -303,121 +303,75 @@ def _external_baseline(cfg, items, label_set, schema, metrics, stats, tables, pr
 
     ext = cfg.external
     client = ChatClient(ext.url, ext.model, ext.api_key_env, ext.api_key_secret, ext.timeout_s)
-    if len(items) > ext.max_calls:
-        skipped[ext.name] = f"{len(items)} test prompts exceed evaluate.external.max_calls={ext.max_calls}"
+    if len(run.items) > ext.max_calls:
+        run.skipped[ext.name] = f"{len(run.items)} test prompts exceed evaluate.external.max_calls={ext.max_calls}"
         return
     try:
-        free = [client.complete(list(p), max_tokens=256).strip() for p in items["prompt_msgs"]]
+        free = [client.complete(list(p), max_tokens=256).strip() for p in run.items["prompt_msgs"]]
     except EndpointError as e:
-        skipped[ext.name] = str(e)
+        run.skipped[ext.name] = str(e)
         return
-    m, stats[ext.name] = _task_metrics(cfg, items, free, None, label_set, schema)
-    metrics[ext.name] = {k: round(float(v), 6) for k, v in m.items()}
-    preds[ext.name] = free
-    tables.append(_table(ext.name, items, free, None))
+    run.add(cfg, ext.name, free, None, {})
 
 
-def _run_judge(cfg: EvalConfig, items: pd.DataFrame, preds: dict[str, list[str]], metrics) -> dict | None:
+def _run_judge(cfg: EvalConfig, run: _Run) -> dict | None:
     from tasks.evaluate.baselines import is_baseline
     from tasks.evaluate.judge import judge_pairwise
 
-    if "candidate" not in preds:
+    if "candidate" not in run.preds:
         return None
-    gate_key = PRIMARY_METRIC[cfg.task]
-    baselines = [n for n in preds if is_baseline(n)]
-    if cfg.judge.against == "champion_or_best_baseline" and "champion" in preds:
+    key = PRIMARY_METRIC[cfg.task]
+    baselines = [n for n in run.preds if is_baseline(n)]
+    if cfg.judge.against == "champion_or_best_baseline" and "champion" in run.preds:
         other = "champion"
     elif baselines:
-        other = max(baselines, key=lambda n: metrics[n].get(gate_key, float("-inf")))
+        other = max(baselines, key=lambda n: run.metrics[n].get(key, float("-inf")))
     else:
         return None
-    prompts = [p[-1]["content"] if p else "" for p in items["prompt_msgs"]]
-    result = judge_pairwise(prompts, preds["candidate"], preds[other], cfg.judge, seed=cfg.seed)
+    prompts = [p[-1]["content"] if p else "" for p in run.items["prompt_msgs"]]
+    result = judge_pairwise(prompts, run.preds["candidate"], run.preds[other], cfg.judge, seed=cfg.seed)
     return {**result, "against": other}
 
 
-def _write_outputs(
-    out_dir,
-    test,
-    cfg,
-    base,
-    adapters,
-    items,
-    label_set,
-    metrics,
-    intervals,
-    forgetting,
-    judge,
-    tables,
-    preds,
-    timings,
-    skipped,
-    max_new,
-    fewshot,
-) -> EvalResult:
-    out = Path(out_dir)
+def _write_outputs(out: Path, test: DatasetRef, cfg: EvalConfig, base, adapters, run: _Run, extras: dict) -> EvalResult:
     out.mkdir(parents=True, exist_ok=True)
-    predictions = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    predictions = pd.concat(run.tables, ignore_index=True) if run.tables else pd.DataFrame()
     pq, csv = out / "predictions.parquet", out / "predictions.csv"
     atomic_write_parquet(predictions, pq)
     predictions.to_csv(csv, index=False)
     report = {
         "stage": "evaluate",
         "test": test.model_dump(),
-        "rows": len(items),
+        "rows": len(run.items),
         "task": cfg.task,
-        "labels": len(label_set),
+        "labels": len(run.label_set),
         "base_model": base.path,
         "base_model_sha256": base.sha256,
         "adapters": adapters,
-        "metrics": metrics,
-        "intervals": intervals,
+        "metrics": run.metrics,
         "confidence": cfg.confidence,
-        "forgetting": forgetting,
-        "judge": judge,
-        "fewshot_ids_k": len(fewshot),
-        "seconds": timings,
-        "skipped": skipped,
-        "max_new_tokens": max_new,
+        "fewshot_ids_k": len(run.fewshot),
+        "seconds": run.timings,
+        "skipped": run.skipped,
+        "max_new_tokens": run.max_new,
+        **extras,
     }
     report_path = out / "eval_report.json"
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    md, chart = write_report(out, report, items, preds, cfg.report_examples)
+    md, chart = write_report(out, report, run.items, run.preds, cfg.report_examples)
     return EvalResult(
-        metrics=metrics,
+        metrics=run.metrics,
         predictions_uri=str(pq),
         predictions_csv_uri=str(csv),
         report_uri=str(report_path),
-        rows=len(items),
-        labels=len(label_set),
-        skipped=skipped,
-        intervals=intervals,
-        forgetting=forgetting,
-        judge=judge,
+        rows=len(run.items),
+        labels=len(run.label_set),
+        skipped=run.skipped,
         report_md_uri=str(md),
         chart_uri=str(chart) if chart else None,
+        **extras,
     )
 
 
-@task(name="evaluate")
-def evaluate_task(
-    test: DatasetRef,
-    base_model: str,
-    adapters: dict[str, str | None],
-    cfg: EvalConfig,
-    out_dir: str,
-    labels: list[str] | None = None,
-    label_sources: list[DatasetRef] | None = None,
-    prompt_template: str | None = None,
-) -> EvalResult:
-    """Prefect wrapper around :func:`evaluate_models` (no caching: adapters change every run)."""
-    return evaluate_models(
-        test,
-        base_model,
-        adapters,
-        cfg,
-        out_dir,
-        labels=labels,
-        label_sources=label_sources,
-        prompt_template=prompt_template,
-    )
+# The Prefect task is the function itself (no caching: adapters change every run).
+evaluate_task = task(name="evaluate")(evaluate_models)
