@@ -125,7 +125,8 @@ def _train_and_gate(cfg: RetrainConfig, base, splits, stages: list[StageResult],
     tracking.log_predictions(run_id, evaluation.predictions_uri)
     tracking.log_charts(run_id, run_dir / "charts", stages, evaluation.metrics, evaluation.predictions_uri,
                         classification=cfg.evaluate.task == "classification")  # fmt: skip
-    registration = register_task(run_id, trained, evaluation, cfg.register_, model_name, splits.train.sha256)
+    registration = register_task(run_id, trained, evaluation, cfg.register_, model_name, splits.train.sha256,
+                                 evaluated_champion=champion.version if champion else None)  # fmt: skip
     tag_version(registration.model_name, registration.version, run_id)
     logger.info("registered %s version %s, aliases %s; promoted=%s: %s", registration.model_name,
                 registration.version, registration.aliases, registration.promoted,

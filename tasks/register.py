@@ -12,17 +12,21 @@ model found by path + sha256, never copied), so ``mlflow.pyfunc.load_model("mode
 chat prompts. The version is created from that artifact URI with ``MlflowClient.create_model_version``.
 """
 
+import contextlib
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
 from prefect import task
 from pydantic import BaseModel, Field
 
 from tasks.core import StageError
 from tasks.evaluate import EvalResult
 from tasks.gate import GateConfig, gate_decision
+from tasks.home import loraflow_home
 from tasks.tracking import version_description
 from tasks.train import TrainResult, adapter_files
 
@@ -113,6 +117,41 @@ def current_champion(model_name: str, dst_dir: str | None = None, alias: str = "
     )
 
 
+#: ``evaluated_champion`` default: compare with the champion read at registration (no compare-and-set).
+AT_REGISTER = object()
+
+
+def _global_limit(name: str):
+    """A Prefect global concurrency limit of one slot, across hosts, when a Prefect API runs this flow."""
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:  # a plain function call (tests, scripts): the file lock is enough
+        return contextlib.nullcontext()
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return concurrency(name, occupy=1, timeout_seconds=900, strict=True)
+
+
+@contextlib.contextmanager
+def champion_lock(model_name: str):
+    """Held while the champion is read, compared and moved: a file lock for processes on this host (the
+    loraflow home) and, inside a flow run, a Prefect global concurrency limit for hosts sharing the API."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)
+    path = loraflow_home() / "locks" / f"champion-{slug}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path, timeout=900), _global_limit(f"loraflow-champion-{slug}"):
+        yield
+
+
 def register_candidate(
     run_id: str,
     train: TrainResult,
@@ -122,8 +161,12 @@ def register_candidate(
     dataset_digest: str | None = None,
     tags: dict[str, str] | None = None,
     candidate: str = "candidate",
+    evaluated_champion: "str | None | object" = AT_REGISTER,
 ) -> Registration:
     """Log the adapter to the run, create a model version, set ``challenger``, and gate ``champion``.
+
+    The champion is read, compared and moved under :func:`champion_lock` (compare-and-set): when it is no
+    longer the version this candidate was evaluated against, the candidate stays challenger with that reason.
 
     Args:
         run_id: the MLflow run of this retrain.
@@ -134,6 +177,8 @@ def register_candidate(
         dataset_digest: content hash of the training split, tagged on the version.
         tags: extra version tags from the flow (dataset digests, Prefect flow-run id...).
         candidate: key of the candidate in ``evaluation.metrics``.
+        evaluated_champion: the champion version ``evaluation`` compared with (None: there was none);
+            ``AT_REGISTER`` trusts the champion read at registration (callers that evaluate and register at once).
     """
     from mlflow.exceptions import MlflowException
 
@@ -151,23 +196,43 @@ def register_candidate(
         client.log_artifacts(run_id, tmp, artifact_path=cfg.artifact_path)
     source = _log_servable_model(run_id, train, evaluation, files)
 
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description="LoRA adapters trained by loraflow; the base model is referenced by tags."
-        )
-    previous = _alias_version(client, name, cfg.champion_alias)
-    prev_version = str(previous.version) if previous is not None else None
-    promote, reasons = gate_decision(
-        evaluation.metrics,
-        cfg,
-        prev_version,
-        candidate=candidate,
-        intervals=evaluation.intervals,
-        forgetting=evaluation.forgetting,
+    with champion_lock(name):  # read the champion, decide, move the alias: one step for concurrent retrains
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(
+                name, description="LoRA adapters trained by loraflow; the base model is referenced by tags."
+            )
+        previous = _alias_version(client, name, cfg.champion_alias)
+        prev_version = str(previous.version) if previous is not None else None
+        compared = prev_version if evaluated_champion is AT_REGISTER else evaluated_champion
+        if compared != prev_version:
+            promote, reasons = False, [champion_moved(compared, prev_version)]
+        else:
+            promote, reasons = gate_decision(
+                evaluation.metrics,
+                cfg,
+                prev_version,
+                candidate=candidate,
+                intervals=evaluation.intervals,
+                forgetting=evaluation.forgetting,
+            )
+        return _create_version(client, name, run_id, source, train, evaluation, cfg, dataset_digest, tags,
+                               promote, reasons, prev_version, compared)  # fmt: skip
+
+
+def champion_moved(compared: str | None, now: str | None) -> str:
+    """Why a candidate stays challenger when the champion changed between its evaluation and its registration."""
+    was = f"version {compared}" if compared else "no champion"
+    return (
+        f"champion changed since evaluation (compared with {was}, now version {now}): stays challenger; "
+        "retrain again to compare with the new champion"
     )
 
+
+def _create_version(client, name, run_id, source, train, evaluation, cfg, dataset_digest, tags, promote, reasons,
+                    prev_version, compared) -> "Registration":  # fmt: skip
+    """The version with its tags and description, ``challenger``, and ``champion`` when the gate passed."""
     version_tags = {
         "base_model": train.base_model,
         "base_model_sha256": train.base_model_sha256,
@@ -186,6 +251,7 @@ def register_candidate(
     if test_digest:
         version_tags["test_dataset_sha256"] = test_digest
     version_tags["decision"] = "promoted" if promote else "not_promoted"
+    version_tags["loraflow.compared_with_champion"] = compared or "none"
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
     digests = {"train": dataset_digest or "", "test": test_digest or ""}
     mv = client.create_model_version(
@@ -211,9 +277,12 @@ def register_candidate(
         "gate_metric": cfg.gate_metric,
         "gate_margin": cfg.gate_margin,
         "reasons": reasons,
+        "intervals": evaluation.intervals,  # candidate − each other model, paired bootstrap (tasks.gate)
+        "forgetting": evaluation.forgetting,
     }
     client.set_tag(run_id, "loraflow.register.decision", "promoted" if promote else "not_promoted")
     client.set_tag(run_id, "loraflow.register.version", version)
+    client.set_tag(run_id, "loraflow.register.compared_with_champion", compared or "none")
     client.set_tag(run_id, "loraflow.register.reasons", " | ".join(reasons)[:4900])
     client.log_metric(run_id, "register.promoted", 1.0 if promote else 0.0)
     client.log_text(run_id, json.dumps(decision, indent=2), "register/decision.json")
@@ -259,6 +328,9 @@ def register_task(
     model_name: str | None = None,
     dataset_digest: str | None = None,
     tags: dict[str, str] | None = None,
+    evaluated_champion: str | None = None,
 ) -> Registration:
-    """Prefect wrapper around :func:`register_candidate`."""
-    return register_candidate(run_id, train, evaluation, cfg, model_name, dataset_digest, tags=tags)
+    """Prefect wrapper around :func:`register_candidate`; ``evaluated_champion``: the champion version the
+    evaluation compared with (None: no champion), checked again under the lock before the alias moves."""
+    return register_candidate(run_id, train, evaluation, cfg, model_name, dataset_digest, tags=tags,
+                              evaluated_champion=evaluated_champion)  # fmt: skip
