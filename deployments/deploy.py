@@ -69,11 +69,13 @@ def build_deployments(
             schedules=[Cron(QUARTERLY_CRON, timezone=tz)],
             parameters={"config": production_config(config), "timezone": tz},
             description="Quarterly: backfill production feedback up to the run date, then retrain and gate.",
+            concurrency_limit=1,  # one retrain of the project at a time (the champion gate is also locked)
             **common,
         ),
         retrain.to_deployment(
             name="retrain",
             description="Retrain on demand: fill in the form (config file and the overrides people change).",
+            concurrency_limit=1,
             **common,
         ),
         backfill_feedback.to_deployment(

@@ -43,6 +43,7 @@ def test_three_deployments_declared_once():
     assert [s.schedule.cron for s in deps["quarterly-retrain"].schedules] == [QUARTERLY_CRON]
     assert deps["retrain"].schedules == [] and deps["backfill-feedback"].schedules == []
     assert deps["quarterly-retrain"].parameters == {"config": "configs/production.yaml", "timezone": "UTC"}
+    assert deps["quarterly-retrain"].concurrency_limit == 1 and deps["retrain"].concurrency_limit == 1
 
 
 def test_quarterly_cron_next_four_runs_utc():
