@@ -23,6 +23,7 @@ from tasks.dedup import dedup_task
 from tasks.evaluate import evaluate_task
 from tasks.home import data_root, show_each_warning_once, tmp_root
 from tasks.ingest import ingest_task
+from tasks.lineage import log_lineage
 from tasks.pii import scrub_pii_task
 from tasks.register import current_champion, register_task
 from tasks.split import split_task
@@ -155,6 +156,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
     try:
         stages = _clean_data(cfg, base.path, out_dir, run_id)
         splits = _split(cfg, stages[-1], out_dir, run_id)
+        log_lineage(run_id, stages, splits.assignment)
         counts = {r.stage: dict(r.counts) for r in stages}
         tracking.json_artifact(run_id, counts, "reports/quarantine_counts.json")
         tracking.log_stage_table(run_id, stages, splits.counts)

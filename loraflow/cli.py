@@ -138,13 +138,14 @@ def _register_commands() -> None:
 
     An import error here is a broken install or a bug: it propagates, never silently drops commands.
     """
-    from loraflow.commands import dedup, deploy, export, feedback, scrub, serve_model, validate
+    from loraflow.commands import dedup, deploy, export, feedback, lineage, scrub, serve_model, validate
 
     app.command("export", help=export.command.__doc__)(export.command)
     app.command("serve-model", help=serve_model.command.__doc__)(serve_model.command)
     app.command("scrub", help=scrub.command.__doc__)(scrub.command)
     app.command("dedup", help=dedup.command.__doc__)(dedup.command)
     app.command("validate", help=validate.command.__doc__)(validate.command)
+    app.command("lineage", help=lineage.command.__doc__)(lineage.command)
     app.command("backfill", help=deploy.backfill_command.__doc__)(deploy.backfill_command)
     app.command("serve", help=deploy.serve_command.__doc__)(deploy.serve_command)
     app.command("deploy", help=deploy.deploy_command.__doc__)(deploy.deploy_command)

@@ -15,6 +15,7 @@ from the raw text is kept. A source that cannot be read at all (missing, empty, 
 with a :class:`~tasks.core.StageError` naming the file.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,10 +34,11 @@ from tasks.core import (
     StrictModel,
     empty_quarantine,
     empty_records,
+    file_sha256,
     finish_stage,
 )
 from tasks.identity import keyed_record_id, project_key
-from tasks.messages import ROLES, coerce_messages, messages_problem
+from tasks.messages import ROLES, coerce_messages, messages_problem, text_problem
 
 Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
 
@@ -137,6 +139,9 @@ def to_messages(obj: Any, fmt: Format, system_prompt: str | None) -> list[dict[s
         raise ValueError(f"not a JSON line format: {fmt}")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
+    for m in messages:  # a lone surrogate (a "\ud800" escape) cannot be hashed into an id or written as UTF-8
+        if text_problem(m["content"]) == "invalid_utf8":
+            raise _BadRow("invalid_utf8", "a message holds a lone surrogate, which is not UTF-8")
     return messages
 
 
@@ -145,9 +150,17 @@ def _record(messages, source: str, created_at: Any, meta: dict, key: bytes, rid:
         "id": rid or keyed_record_id(messages, key),
         "messages": messages,
         "source": source,
-        "created_at": "" if created_at is None or created_at != created_at else str(created_at),
+        "created_at": _timestamp(created_at),
         "meta": meta,
     }
+
+
+def _timestamp(value: Any) -> str:
+    """``created_at`` as text, or "" for anything that is not a short scalar (the field is never PII-scrubbed)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or value != value:
+        return ""
+    text = str(value)
+    return text if len(text) <= 64 and text_problem(text) is None else ""
 
 
 def _bad(path: Path, line: int, reason: str, message: str) -> dict[str, Any]:
@@ -187,6 +200,9 @@ def _read_jsonl(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes
             except json.JSONDecodeError as e:
                 bad.append(_bad(path, lineno, "malformed_json", f"{e.msg} at column {e.colno}"))
                 continue
+            except RecursionError:
+                bad.append(_bad(path, lineno, "malformed_json", "nested too deeply to parse"))
+                continue
             try:
                 messages = to_messages(obj, src.format, src.system_prompt)
             except _BadRow as e:
@@ -203,9 +219,11 @@ def _read_table(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes
         if src.format == "parquet" or path.suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", skip_blank_lines=False)
+            df = _read_csv(path)
     except pd.errors.EmptyDataError as e:
         raise StageError(f"Source {path} is empty: no header row and no data.") from e
+    except pd.errors.ParserWarning:
+        raise StageError(f"Source {path}: a row has more fields than the header; fix its quoting.") from None
     except (UnicodeDecodeError, pd.errors.ParserError, OSError, ValueError) as e:
         raise StageError(f"Source {path} cannot be read as a table: {e}.") from e
     wanted = [c for c in (cols.text, cols.label, cols.system, cols.created_at) if c]
@@ -239,10 +257,28 @@ def _read_table(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes
     return kept, bad
 
 
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """The one CSV reading (for rows and for the count): a row with more fields than the header raises
+    ParserWarning instead of silently turning the first column into the index or dropping cells."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=False, index_col=False,
+            **kwargs,
+        )  # fmt: skip
+
+
 def _read_records(path: Path, src: SourceConfig, name: str, meta: dict, key: bytes) -> tuple[list, list]:
     """loraflow's own records keep the id they were given (from their raw text, before scrubbing)."""
     files = sorted(path.glob(src.glob)) if path.is_dir() else [path]
-    frames = [pd.read_parquet(f) for f in files if not f.name.startswith(".")]
+    try:
+        frames = [pd.read_parquet(f) for f in files if not f.name.startswith(".")]
+    except (OSError, ValueError) as e:
+        raise StageError(f"Source {path}: a Parquet file cannot be read ({type(e).__name__}).") from None
+    if any("messages" not in f.columns for f in frames):
+        raise StageError(f"Source {path} holds Parquet files that are not loraflow records (no `messages` column).")
     frames = [f for f in frames if len(f)]
     if not frames:
         return [], []
@@ -264,8 +300,19 @@ def _rows_in_file(path: Path, fmt: str, src: SourceConfig) -> int:
     if fmt == "parquet" or path.suffix == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
     if fmt == "csv":
-        return len(pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=[0]))
+        return len(_read_csv(path, usecols=[0]))
     return count_lines(path)
+
+
+def _digest(path: Path, src: SourceConfig) -> str:
+    """The source's content digest: the file's sha256, or for a folder of records the digest of its files'."""
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(path.glob(src.glob)):
+        if not f.name.startswith("."):
+            h.update(f"{f.relative_to(path)}:{file_sha256(f)}\n".encode())
+    return h.hexdigest()
 
 
 def load_source(src: SourceConfig, base_dir: str | Path = ".", key: bytes | None = None) -> StageOutcome:
@@ -284,6 +331,8 @@ def load_source(src: SourceConfig, base_dir: str | Path = ".", key: bytes | None
         if src.optional:
             return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report={"rows_in": 0})
         raise StageError(f"Source {path} does not exist (source {name!r} in the data config).")
+    if not path.is_file() and not path.is_dir():  # a FIFO or device would block the read or never end
+        raise StageError(f"Source {path} is not a regular file or folder (source {name!r} in the data config).")
     fmt = src.format
     if fmt == "auto" and path.is_file():
         fmt = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "auto")
@@ -303,7 +352,8 @@ def load_source(src: SourceConfig, base_dir: str | Path = ".", key: bytes | None
     kept_df = pd.DataFrame(kept, columns=RECORD_COLUMNS) if kept else empty_records()
     bad_df = pd.DataFrame(bad) if bad else empty_quarantine()
     rows_in = _rows_in_file(path, fmt, src)
-    report = {"rows_in": rows_in, "sources": {name: {"rows_in": rows_in, "rows": len(kept)}}}
+    source = {"rows_in": rows_in, "rows": len(kept), "sha256": _digest(path, src)}
+    report = {"rows_in": rows_in, "sources": {name: source}}
     return StageOutcome(kept=kept_df, quarantined=bad_df, report=report)
 
 
@@ -330,6 +380,7 @@ def ingest(cfg: IngestConfig, base_dir: str | Path = ".") -> tuple[int, StageOut
             "rows_in": out.report["rows_in"],
             "kept": len(out.kept),
             "quarantined": len(out.quarantined),
+            "sha256": out.report.get("sources", {}).get(name, {}).get("sha256"),
         }
     kept_df = (
         pd.concat([k for k in kept if len(k)], ignore_index=True) if any(len(k) for k in kept) else empty_records()

@@ -119,9 +119,9 @@ def write_plan(ref, split_cfg, project: str, out_dir: str | Path) -> str:
     splits = plan_assignment(records["id"].tolist(), hints, rule, state)
     frozen = set(state.ids) & set(splits) if state else set()
     check_cap(len(frozen), split_cfg.max_test_rows, state.version if state else 0)
-    tests = [rid for rid, s in splits.items() if s == "test"]
-    plan = {"rule": rule.model_dump(), "splits": dict(sorted(splits.items())),
-            "test_order": test_order(tests, frozen, split_cfg.salt)}  # fmt: skip
+    plan = {"rule": rule.model_dump(), "splits": dict(sorted(splits.items()))}
+    if split_cfg.max_test_rows is not None:  # only a cap reads the order: without one it must not change the key
+        plan["test_order"] = test_order([rid for rid, s in splits.items() if s == "test"], frozen, split_cfg.salt)
     text = json.dumps(plan, sort_keys=True)
     path = Path(out_dir) / "testset" / f"plan-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.exists():

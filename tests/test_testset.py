@@ -31,8 +31,16 @@ def _ids(ref) -> set[str]:
 def test_test_rows_stay_test_and_only_new_data_adds_test_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAFLOW_HOME", str(tmp_path / "home"))
     q1 = _records("a", 600)
-    _, s1, m1 = _quarter(tmp_path, "q1", q1, SplitConfig(val_fraction=0.1, test_fraction=0.1))
+    cfg1 = SplitConfig(val_fraction=0.1, test_fraction=0.1)
+    p1, s1, m1 = _quarter(tmp_path, "q1", q1, cfg1)
     assert m1["version"] == 1 and set(m1["ids"]) == _ids(s1.test) and m1["count"] == len(m1["ids"]) > 30
+    again = write_records(q1.drop(index=[0, 1]), tmp_path / "again.parquet")  # two rows gone, as dedup drops some
+    same = write_plan(write_records(q1, tmp_path / "q1b.parquet"), cfg1, "proj", tmp_path / "out")
+    assert same == p1  # a retrain on the same data plans the same file: the data stages' cache keys stay
+    assert (
+        read_plan(write_plan(again, cfg1, "proj", tmp_path / "out"))["splits"].items()
+        <= read_plan(p1)["splits"].items()
+    )
     train1 = _ids(s1.train) | _ids(s1.val)
 
     # Q2: more data, a bigger test fraction, another salt and a `split: test` source: none may move a Q1 row.
