@@ -110,7 +110,8 @@ def _train_and_gate(cfg: RetrainConfig, base, splits, stages: list[StageResult],
     logger = get_run_logger()
     model_name = cfg.register_.model_name or cfg.name
     champion = current_champion(model_name, str(run_dir / "champion"))
-    trained = train_task(splits.train, splits.val, cfg.train, str(run_dir / "adapter"), run_id)
+    warm = champion.adapter_dir if champion else None  # train.init_from=champion starts from it
+    trained = train_task(splits.train, splits.val, cfg.train, str(run_dir / "adapter"), run_id, champion_adapter=warm)
     adapters = {"base": None, "candidate": trained.adapter_dir}
     if champion is not None:
         adapters["champion"] = champion.adapter_dir
