@@ -20,6 +20,7 @@ from flows.params import RetrainParams
 from tasks import tracking
 from tasks.core import StageResult, discard, format_counts
 from tasks.dedup import dedup_task
+from tasks.drift import log_drift
 from tasks.evaluate import evaluate_task
 from tasks.home import data_root, show_each_warning_once, tmp_root
 from tasks.ingest import ingest_task
@@ -110,6 +111,7 @@ def _train_and_gate(cfg: RetrainConfig, base, splits, stages: list[StageResult],
     logger = get_run_logger()
     model_name = cfg.register_.model_name or cfg.name
     champion = current_champion(model_name, str(run_dir / "champion"))
+    log_drift(run_id, splits.train, champion.run_id if champion else None)  # this quarter's data vs the champion's
     warm = champion.adapter_dir if champion else None  # train.init_from=champion starts from it
     trained = train_task(splits.train, splits.val, cfg.train, str(run_dir / "adapter"), run_id, champion_adapter=warm)
     adapters = {"base": None, "candidate": trained.adapter_dir}
