@@ -351,3 +351,60 @@ def test_pseudonym_follows_the_value_not_the_ner_type():
     tags = [p.get("PERSON", "Eleanor Whitfield"), p.get("ORGANIZATION", "eleanor  whitfield"),
             p.get("PERSON", "Eleanor"), p.get("ORGANIZATION", "Acme"), p.get("PERSON", "Tom Ray")]  # fmt: skip
     assert tags == ["<PERSON_1>", "<PERSON_1>", "<PERSON_1>", "<ORGANIZATION_1>", "<PERSON_2>"]
+
+
+# --------------------------------------------------------------------------------------------- messy text
+
+
+def test_names_in_all_caps_and_lower_case_text(engine):
+    texts = [
+        "HI, MY COLLEAGUE TOMASZ NOWAK WILL CALL YOU FROM WARSAW TOMORROW ABOUT THE INVOICE",
+        "hi, my colleague tomasz nowak will call you from warsaw tomorrow about the invoice",
+    ]
+    for cfg in (CFG, CFG.model_copy(update={"case_robust": False})):
+        got = [
+            {(t[s.start : s.end].casefold(), s.entity_type) for s in sp}
+            for t, sp in zip(texts, detect_spans(texts, cfg), strict=True)
+        ]
+        found = [any("tomasz nowak" in v and e == "PERSON" for v, e in g) for g in got]
+        assert found == ([True, True] if cfg.case_robust else [False, False])
+        assert all(("warsaw", "LOCATION") in g for g in got) == cfg.case_robust
+        assert not any("invoice" in v for g in got for v, _ in g)  # a common word stays a common word
+
+
+def test_recasing_keeps_every_offset():
+    from tasks.pii.casing import caseless, recase
+
+    for text in [
+        "İSTANBUL STRASSE GROSSE ÉTÉ ǅ ﬁ KELVIN K",
+        "straße ﬁle ǆ and more words here",
+        "Normal Text, Kept As Is.",
+    ]:
+        assert len(recase(text)) == len(text)
+    assert recase("Normal Text, Kept As Is.") == "Normal Text, Kept As Is." and not caseless("Normal Text, Kept As Is.")
+    assert caseless("CALL ME TOMORROW PLEASE") and caseless("call me tomorrow please") and not caseless("OK")
+
+
+def test_only_urls_that_point_at_a_person_are_scrubbed(engine):
+    text = "see https://www.reddit.com/r/soccer/comments/5my29a/x and my profile https://www.linkedin.com/in/eleanor-w"
+    values = [(text[s.start : s.end], s.entity_type) for s in detect_spans([text], CFG)[0]]
+    assert values == [("https://www.linkedin.com/in/eleanor-w", "URL")]
+    every = detect_spans([text], CFG.model_copy(update={"url_scope": "all"}))[0]
+    assert [s.entity_type for s in every] == ["URL", "URL"]
+
+
+def test_organisations_need_a_cue(engine):
+    texts = ["Meta is trending again, Apple Music too", "I work at Quillonex Systems in Leeds"]
+    cued = detect_spans(texts, CFG)
+    assert cued[0] == [] and ("Quillonex Systems", "ORGANIZATION") in {
+        (texts[1][s.start : s.end], s.entity_type) for s in cued[1]
+    }
+    free = detect_spans(texts, CFG.model_copy(update={"org_needs_context": False}))
+    assert {texts[0][s.start : s.end] for s in free[0]} == {"Meta", "Apple Music"}
+
+
+def test_report_says_how_much_text_was_replaced(engine):
+    r = rec(("user", f"I am {NAME}."), ("assistant", "ok thanks"))  # 5 + 2 tokens, 2 of them the name
+    rep = scrub(frame(r), CFG).report
+    assert (rep["tokens_scanned"], rep["tokens_replaced"]) == (7, 2)
+    assert rep["data_destroyed_share"] == round(2 / 7, 4)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from . import patterns as P
+from .casing import only_common_words, recase
 from .config import PiiConfig, PiiSpan
 from .recognizers import custom_recognizers, deny_terms, email_recognizer, phone_recognizer
 from .spans import SpanFilter, resolve
@@ -18,8 +20,12 @@ _WS = re.compile(r"\s+")
 _LEMMA = "loraflow_lower_lemma"
 
 
-def nlp_configuration(model: str, keep_org: bool) -> dict[str, Any]:
-    """Presidio's default spaCy NLP configuration (conf/default.yaml) with the model swapped."""
+def nlp_configuration(model: str, keep_org: bool, org_needs_context: bool = False) -> dict[str, Any]:
+    """Presidio's default spaCy NLP configuration (conf/default.yaml) with the model swapped.
+
+    With ``org_needs_context`` organisations start at 0.85 x 0.4 = 0.34, below the default
+    ORGANIZATION threshold, and only Presidio's context boost (+0.35 after a cue word) lifts them over it.
+    """
     ignore = ["CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT", "QUANTITY",
               "WORK_OF_ART"]  # fmt: skip
     if not keep_org:
@@ -42,7 +48,7 @@ def nlp_configuration(model: str, keep_org: bool) -> dict[str, Any]:
                 "TIME": "DATE_TIME",
             },  # fmt: skip
             "low_confidence_score_multiplier": 0.4,
-            "low_score_entity_names": [],
+            "low_score_entity_names": ["ORGANIZATION"] if org_needs_context else [],
             "labels_to_ignore": ignore,
         },
     }
@@ -96,6 +102,12 @@ def chunks(text: str, size: int, overlap: int) -> Iterable[tuple[int, str]]:
         start = m.end() if m and m.end() < end else max(start + 1, end - overlap)
 
 
+def _ner_guess_on_common_words(text: str, r) -> bool:
+    """A spaCy entity in re-cased text made only of common words (see ``casing.NER_RARE_ZIPF``)."""
+    name = (r.recognition_metadata or {}).get("recognizer_name", "")
+    return name.startswith("Spacy") and only_common_words(text[r.start : r.end])
+
+
 class PiiEngine:
     """One Presidio ``AnalyzerEngine`` (driven by its ``BatchAnalyzerEngine``) with chunking and span rules."""
 
@@ -121,12 +133,15 @@ class PiiEngine:
             )
         self.cfg = cfg
         entities = set(cfg.entities)
-        conf = nlp_configuration(cfg.spacy_model, "ORGANIZATION" in entities)
+        conf = nlp_configuration(cfg.spacy_model, "ORGANIZATION" in entities, cfg.org_needs_context)
         self.nlp_engine = NlpEngineProvider(nlp_configuration=conf).create_engine()
         _ner_only(self.nlp_engine.get_nlp("en"))
         registry = RecognizerRegistry(supported_languages=["en"])
-        ner_types = [t for t in ("PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME") if t in entities]
+        ner_types = [t for t in ("PERSON", "LOCATION", "NRP", "DATE_TIME") if t in entities]
         recs = [SpacyRecognizer(supported_entities=ner_types or ["PERSON"])]
+        if "ORGANIZATION" in entities:
+            context = P.ORG_CONTEXT if cfg.org_needs_context else None
+            recs.append(SpacyRecognizer(supported_entities=["ORGANIZATION"], context=context, name="SpacyOrg"))
         recs += [email_recognizer(), CreditCardRecognizer(), IbanRecognizer(), IpRecognizer(), UrlRecognizer(),
                  UsSsnRecognizer(), phone_recognizer(cfg.phone_regions), *custom_recognizers(cfg)]  # fmt: skip
         for r in recs:
@@ -149,8 +164,10 @@ class PiiEngine:
                 pieces.append(piece)
                 owners.append((i, off))
         raw: list[list[PiiSpan]] = [[] for _ in texts]
+        # Presidio sees the re-cased piece (same offsets); spans are cut from the original text.
+        seen = [recase(p) for p in pieces] if cfg.case_robust else pieces
         results = self.batch.analyze_iterator(
-            pieces,
+            seen,
             "en",
             batch_size=cfg.batch_size,
             entities=self.entities,
@@ -159,11 +176,13 @@ class PiiEngine:
             allow_list_match="regex",
             regex_flags=re.IGNORECASE,
         )
-        for (i, off), piece, found in zip(owners, pieces, results, strict=True):
+        for (i, off), piece, original, found in zip(owners, seen, pieces, results, strict=True):
+            recased = piece is not original
             raw[i].extend(
                 PiiSpan(r.start + off, r.end + off, r.entity_type, round(float(r.score), 4))
                 for r in found
                 if self.filter.keep(piece, r.start, r.end, r.entity_type, r.score)
+                and not (recased and _ner_guess_on_common_words(piece, r))
             )
         return [resolve(texts[i], spans, cfg.entities) for i, spans in enumerate(raw)]
 

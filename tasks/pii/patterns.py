@@ -205,3 +205,28 @@ RELATIVE_DATE = re.compile(
 
 # Where a phone number could be: a digit, then 5-40 digits / separators, then a digit, on one line.
 PHONE_CANDIDATE = re.compile(r"[+(]?\d[\d \t().\-/x]{5,40}\d")
+
+# A URL is personal data when it points at a person: an e-mail inside it, a profile path on a social or code
+# site, or a query parameter that carries a name, an e-mail, a phone or a user id. Links to articles, threads,
+# images and company sites are not, and scrubbing them destroys text (social posts are ~25 % URL tokens).
+PERSONAL_URL = re.compile(
+    r"(?i)(?:@|mailto:|[/.](?:u|user|users|profile|profiles|people|member|members|in|pub|~[\w.-]+)/[\w.%-]{2,}"
+    r"|(?:facebook|fb|twitter|x|instagram|linkedin|github|gitlab|tiktok|youtube|medium|vk)\.com/(?!(?:r|watch|"
+    r"hashtag|search|status|share|sharer|home|about|help|intent|login|p|reel|explore|events|groups|pages|"
+    r"company|jobs|results|channel|playlist|embed)\b)[@\w.%-]{2,}"
+    r"|[?&](?:name|first_?name|last_?name|full_?name|email|e-mail|phone|tel|mobile|user|user_?id|uid|"
+    r"username|login|account|address)=)"
+)
+# Legal-form words that make a spaCy ORG an organisation beyond doubt ("Aunt Bertha Inc").
+CORPORATE_SUFFIX = re.compile(
+    r"(?i)\b(?:inc|ltd|llc|llp|plc|gmbh|ag|sa|srl|bv|nv|oy|ab|as|corp|corporation|company|co|group|holdings|"
+    r"associates|partners|bank|insurance|technologies|solutions|consulting|capital|labs)\b\.?$"
+)
+# Words before an ORG (or inside it) that say it is someone's employer, school or bank. Presidio's context
+# enhancer matches them as substrings of the 5 words before the entity ("work" also finds "worked",
+# "coworker"), so nothing short or common enough to sit inside ordinary words ("at", "for", "cto", "firm").
+ORG_CONTEXT = [
+    "work", "employ", "compan", "office", "founde", "joined", "hired", "colleague", "boss", "manager",
+    "director", "intern", "school", "universit", "college", "student", "studied", "bank", "customer", "client",
+    "president", "member", "account", "team", "staff", "vendor", "supplier", "insur",
+]  # fmt: skip

@@ -26,7 +26,7 @@ from tasks.messages import ROLES, messages_problem
 from .anonymize import Pseudonyms, replace, salt
 from .config import PiiConfig, PiiSpan
 from .engine import detect_spans
-from .spans import propagate_names
+from .spans import propagate_names, replaced_tokens
 
 STAGE = "pii"
 
@@ -62,6 +62,8 @@ class _Tally:
     per_role: Counter = field(default_factory=Counter)
     per_role_type: Counter = field(default_factory=Counter)
     touched: int = 0
+    tokens: int = 0
+    tokens_replaced: int = 0
 
     def add(self, role: str, spans: list[PiiSpan]) -> None:
         for s in spans:
@@ -97,6 +99,10 @@ def _scrub_record(rec: pd.Series, found: dict[int, list[PiiSpan]], cfg: PiiConfi
     for j, m in enumerate(rec["messages"]):
         sp = found.get(j, [])
         tally.add(str(m.get("role")), sp)
+        if j in found:  # a scanned message: its tokens count towards the data-destroyed share
+            n, hit = replaced_tokens(m["content"], sp)
+            tally.tokens += n
+            tally.tokens_replaced += hit
         drop_types.update(
             s.entity_type for s in sp if cfg.operators.get(s.entity_type, cfg.default_operator) == "drop_row"
         )
@@ -120,6 +126,9 @@ def _report(cfg: PiiConfig, tally: _Tally, n_dropped: int, n_bad: int, n_scanned
         "entities_by_role": dict(sorted(tally.per_role.items())),
         "entities_by_role_and_type": dict(sorted(tally.per_role_type.items())),
         "records_touched": int(tally.touched),
+        "tokens_scanned": tally.tokens,
+        "tokens_replaced": tally.tokens_replaced,
+        "data_destroyed_share": round(tally.tokens_replaced / tally.tokens, 4) if tally.tokens else 0.0,
         "records_dropped_by_policy": n_dropped,
         "records_quarantined_bad_content": n_bad,
         "messages_scanned": n_scanned,
@@ -131,6 +140,7 @@ def _report(cfg: PiiConfig, tally: _Tally, n_dropped: int, n_bad: int, n_scanned
 
 def _empty_report(cfg: PiiConfig) -> dict[str, Any]:
     return {"entities_found": 0, "entities_by_type": {}, "entities_by_role": {}, "records_touched": 0,
+            "tokens_scanned": 0, "tokens_replaced": 0, "data_destroyed_share": 0.0,
             "records_dropped_by_policy": 0, "records_quarantined_bad_content": 0, "messages_scanned": 0}  # fmt: skip
 
 
@@ -184,6 +194,7 @@ def scrub_with_spans(
         "pii.entities_found": float(report["entities_found"]),
         "pii.records_touched": float(tally.touched),
         "pii.records_dropped_by_policy": float(len(drop_idx)),
+        "pii.data_destroyed_share": float(report["data_destroyed_share"]),
         **{f"pii.entities.{t}": float(n) for t, n in sorted(tally.per_type.items())},
     }
     spans = {(row, j): sp for row, found in sorted(by_row.items()) for j, sp in sorted(found.items())}
