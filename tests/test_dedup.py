@@ -139,6 +139,64 @@ def test_near_but_not_duplicate_is_kept():
     assert len(out.kept) == 4, outcome_table(out)
 
 
+def test_a_changed_number_is_another_request_but_a_spelled_out_one_is_not():
+    five = rec("Set a timer for 5 minutes please")
+    seven = rec("Set a timer for 7 minutes please")
+    spelled = rec("set a timer for five minutes please")
+    out = deduplicate(frame(five, seven, spelled), CFG)
+    assert seven["id"] in set(out.kept["id"])
+    assert [r for r, _, _ in outcome_table(out).values()] == ["near_duplicate"]
+    assert {five["id"], spelled["id"]} & set(out.quarantined["id"])
+    off = deduplicate(frame(five, seven), DedupConfig(workers=1, number_guard_max_words=0))
+    assert len(off.kept) == 1  # without the guard the two look alike: the guard is what keeps them
+
+
+def test_a_test_row_leaks_into_a_train_row_that_changes_only_a_number():
+    test_row = rec("I was charged 25 euros twice for one coffee, can you refund it?")
+    train_row = rec("I was charged 40 euros twice for one coffee, can you refund it?")
+    records = frame(test_row, train_row)
+    out = deduplicate(records, CFG, is_test=pd.Series([True, False], index=records.index))
+    assert outcome_table(out)[train_row["id"]][:2] == ("test_leak", test_row["id"])
+
+
+SENTENCES = [
+    "Thanks for getting in touch about the delayed refund on your account.",
+    "Refunds usually reach the original card within five working days of approval.",
+    "If it has been longer, the card issuer may still be processing the credit on their side.",
+    "You can check the status at any time under Payments in the app.",
+    "Please reply with the date of the purchase and we will trace it for you.",
+    "We are sorry for the wait and appreciate your patience while we look into it.",
+]
+
+
+def test_long_texts_that_differ_by_a_sentence_are_near_duplicates_but_half_overlaps_are_not():
+    reply = " ".join(SENTENCES[:5])  # ~75 words: above the old 40-word switch to word shingles
+    edited = " ".join([SENTENCES[1], SENTENCES[0], SENTENCES[2], SENTENCES[4], SENTENCES[5]])  # swap, drop, add
+    overlap = " ".join(SENTENCES[3:] + ["Our team is available around the clock by chat and by phone."])
+    assert len(reply.split()) > 40
+    records = frame(rec(reply, "refund"), rec(edited, "refund"), rec(overlap, "refund"))
+    out = deduplicate(records, CFG)
+    check_ledger(records, out)
+    assert [r for r, _, _ in outcome_table(out).values()] == ["near_duplicate"]
+    assert rec(overlap, "refund")["id"] in set(out.kept["id"])
+
+
+def test_a_copy_edited_twice_follows_the_row_it_was_edited_from():
+    # Newest first: c is kept and b is dropped for c; a, too far from c on its own, is close to b and follows it.
+    a = rec("could you tell me how long an international transfer to spain usually takes", created_at="2026-01-01")
+    b = rec("hi, could you tell me how long an international transfer to spain takes", created_at="2026-02-01")
+    c = rec("hi, could u tell me how long a international transfer to spain takes pls", created_at="2026-03-01")
+    records = frame(a, b, c)
+    cfg = DedupConfig(workers=1, threshold=0.8)
+    sims = similarity(*(dedup_normalise(x["messages"][0]["content"]) for x in (a, c)), cfg)
+    assert sims < cfg.threshold  # a and c alone would not be merged
+    out = deduplicate(records, cfg)
+    assert list(out.kept["id"]) == [c["id"]]
+    assert {k for _, k, _ in outcome_table(out).values()} == {c["id"]}
+    alone = deduplicate(records, DedupConfig(workers=1, threshold=0.8, follow_dropped=False))
+    assert a["id"] in set(alone.kept["id"])
+
+
 def test_lsh_candidates_are_verified_before_removal():
     # Pairs LSH proposes but whose verified similarity is below the threshold must survive: with an LSH
     # threshold far below the verification threshold there are many candidates and no removals.

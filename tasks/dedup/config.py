@@ -27,15 +27,17 @@ class DedupConfig(StrictModel):
         0.75,
         gt=0.0,
         le=1.0,
-        description="Verified similarity at or above which a candidate pair is a near duplicate. Short texts: "
-        "mean of character-shingle Jaccard and Indel ratio; long texts: word-shingle Jaccard.",
+        description="Verified similarity at or above which a candidate pair is a near duplicate: the mean of "
+        "character-shingle Jaccard and an edit ratio (see `tasks.dedup.similarity`); texts on word shingles: "
+        "word-shingle Jaccard.",
     )
     lsh_threshold: float = Field(
-        0.45,
+        0.4,
         gt=0.0,
         lt=1.0,
         description="Estimated shingle Jaccard the LSH bands are tuned for. Lower than `threshold` on purpose: "
-        "LSH only proposes candidates (cheap to verify), so it should miss as few true pairs as possible.",
+        "LSH only proposes candidates (cheap to verify), so it should miss as few true pairs as possible (0.4: 32 "
+        "bands of 4 rows; a long reply that lost one sentence and gained another has a Jaccard near 0.5).",
     )
     num_perm: int = Field(128, ge=16, le=512, description="MinHash permutations (more: better LSH recall, more RAM).")
     seed: int = Field(1, description="Seed of the MinHash permutations (datasketch `seed`).")
@@ -45,7 +47,40 @@ class DedupConfig(StrictModel):
     char_ngram: int = Field(4, ge=1, le=16, description="Character shingle size (on the normalised text).")
     word_ngram: int = Field(5, ge=1, le=32, description="Word shingle size for long texts.")
     word_shingle_min_words: int = Field(
-        40, ge=1, description="`auto`: texts with at least this many space-separated words use word shingles."
+        300,
+        ge=1,
+        description="`auto`: texts with at least this many space-separated words use word shingles. Below, "
+        "character shingles: a near-duplicate reply that differs by a sentence keeps most of them.",
+    )
+    number_guard_max_words: int = Field(
+        40,
+        ge=0,
+        description='Texts shorter than this many words whose numbers differ ("5" and "five" are equal) are '
+        'scaled by `number_mismatch_factor` before the threshold: "a timer for 5 minutes" and "... 7 minutes" '
+        "are two requests. Longer texts skip the check (a filled-in order number is still the same reply). 0: off.",
+    )
+    long_threshold: float = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="The long-text measure (mean of Jaccard and containment) at which a pair counts as a near "
+        "duplicate; the reported similarity is rescaled so that this value reads as `threshold`.",
+    )
+    long_text_min_words: int = Field(
+        40,
+        ge=1,
+        description="Pairs of which one text has at least this many words are verified with the mean of shingle "
+        "Jaccard and containment (blind to sentence order, kind to one sentence more or less) instead of the "
+        "Jaccard and Indel ratio of short texts.",
+    )
+    number_mismatch_factor: float = Field(
+        0.5, ge=0.0, le=1.0, description="Factor on the similarity of two short texts whose numbers differ."
+    )
+    follow_dropped: bool = Field(
+        True,
+        description="A row verified-similar to no kept row but to a row dropped as a near duplicate of a kept row "
+        "is dropped in favour of that kept row too (one hop; `detail.similarity` is the verified similarity to "
+        "the row in between). Two copies of one source each edited differently are then both found.",
     )
     max_bucket_pairs: int = Field(
         64,

@@ -213,7 +213,14 @@ def _verified_pairs(dec: Decisions, rows: Rows, cfg: DedupConfig) -> tuple[np.nd
     if not len(pairs):
         return pairs, np.zeros(0, dtype=np.float32), 0
     texts = rows.texts_for(np.unique(pairs.ravel()))
-    sims = np.fromiter((similarity(texts[a], texts[b], cfg) for a, b in pairs), dtype=np.float32, count=len(pairs))
+    # Decontamination is stricter than dedup: a train row that differs from a test row only in a number still
+    # carries the test row's template and answer, so pairs with a test row skip the number guard.
+    strict = cfg.model_copy(update={"number_guard_max_words": 0})
+    sims = np.fromiter(
+        (similarity(texts[a], texts[b], strict if rows.is_test[a] or rows.is_test[b] else cfg) for a, b in pairs),
+        dtype=np.float32,
+        count=len(pairs),
+    )
     good = sims >= cfg.threshold
     pairs, sims = pairs[good], sims[good]
     swap = rows.rank[pairs[:, 0]] > rows.rank[pairs[:, 1]]
@@ -233,6 +240,8 @@ def _near_duplicates(dec: Decisions, rows: Rows, cfg: DedupConfig) -> dict[str, 
         by_later[b].append((a, s))
     for v in sorted(by_later, key=lambda x: rows.rank[x]):
         partners = [(u, s) for u, s in by_later[v] if dec.reason[u] == ""]
+        if not partners and cfg.follow_dropped:
+            partners = [(int(dec.kept_idx[u]), s) for u, s in by_later[v] if _dropped_for_kept(dec, u)]
         if not partners:
             continue
         if rows.is_test[v]:
@@ -242,6 +251,11 @@ def _near_duplicates(dec: Decisions, rows: Rows, cfg: DedupConfig) -> dict[str, 
         u, s = max(tests or partners, key=lambda x: (x[1], -rows.rank[x[0]]))
         dec.mark(v, "test_leak" if tests else "near_duplicate", "minhash", u, s)
     return counts
+
+
+def _dropped_for_kept(dec: Decisions, u: int) -> bool:
+    """Whether row ``u`` was dropped as a near duplicate of a row that is kept."""
+    return dec.reason[u] == "near_duplicate" and dec.reason[dec.kept_idx[u]] == ""
 
 
 def _follow_dropped_heads(dec: Decisions) -> None:
