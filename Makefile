@@ -2,6 +2,7 @@
 #   make demo     the whole retrain on the shipped demo data (embedded Prefect + MLflow, offline)
 #   make test     the test suite (what CI runs: .ci/run calls exactly this)
 #   make quality  ruff lint + format check
+#   make quarters three quarterly retrains with generated feedback, one table (bench/quarters.py)
 #   make bench    the benchmarks behind docs/BENCHMARKS.md (slow)
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 export LORAFLOW_HOME ?= $(CURDIR)/.loraflow
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install models export-tools demo banking77 test test-all quality bench ui clean
+.PHONY: install models export-tools demo banking77 quarters test test-all quality bench ui clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +53,9 @@ test-all: models
 quality: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+quarters: models
+	$(BIN)/python bench/quarters.py
 
 bench: models
 	$(BIN)/python bench/pii.py
