@@ -231,13 +231,18 @@ def ui_hint() -> str:
     """How to open a local tracking store: the exact ``loraflow ui`` line (with this home when it is not the default)."""
     home = os.environ.get("LORAFLOW_HOME")
     prefix = f"LORAFLOW_HOME={home} " if home else ""
-    return f"`{prefix}loraflow ui`, then http://127.0.0.1:5000"
+    return f"`{prefix}loraflow ui`"
 
 
 def run_link(run_id: str) -> str:
-    """A Markdown link to the run when the server is HTTP, else the run id and how to open it."""
+    """A Markdown link to the run when the server is HTTP; for a local store, the exact ``loraflow ui`` line and
+    the link the run will have there (its default port)."""
     url = run_url(run_id)
-    return f"[{run_id}]({url})" if url else f"`{run_id}` (open with {ui_hint()})"
+    if url:
+        return f"[{run_id}]({url})"
+    exp = client().get_run(run_id).info.experiment_id
+    local = f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}"
+    return f"`{run_id}`: run {ui_hint()}, then open [{local}]({local})"
 
 
 def flow_run_tags(flow_run_id: str, flow_run_name: str, ui_url: str | None) -> dict[str, str]:

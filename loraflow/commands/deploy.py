@@ -67,17 +67,17 @@ def start_prefect_server(
     host: str = "127.0.0.1", port: int = 4200, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen:
     """Start ``prefect server start`` (SQLite under ``PREFECT_HOME``) and wait until its API is healthy."""
+    cmd = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
+    return _start_server(cmd, prefect_server_env(host, port, env), log, f"http://{host}:{port}/api/health")
+
+
+def _start_server(cmd: list[str], env: dict[str, str], log: Path | None, health: str) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so it and its children stop as one group) and wait for ``health``."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (owned by the child process)
-    proc = subprocess.Popen(
-        [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)],
-        env=prefect_server_env(host, port, env),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://{host}:{port}/api/health", timeout=180, proc=proc)
-    except Exception:
+        wait_http(health, timeout=180, proc=proc)
+    except BaseException:  # also SIGTERM (_Stop) while waiting: never leave the half-started server behind
         stop(proc)
         raise
     return proc
@@ -97,31 +97,9 @@ def start_mlflow_ui(
     env = dict(os.environ if env is None else env)
     # The job runner (8 more processes: huey consumers for GenAI judges and periodic jobs) is not used here.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            _bin("mlflow"),
-            "ui",
-            "--backend-store-uri",
-            env.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(),
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],  # fmt: skip
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_http(f"http://{host}:{port}/health", timeout=180, proc=proc)
-    except Exception:
-        stop(proc)
-        raise
-    return proc
+    cmd = [_bin("mlflow"), "ui", "--backend-store-uri", env.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(),
+           "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    return _start_server(cmd, env, log, f"http://{host}:{port}/health")
 
 
 def start_worker(
