@@ -85,13 +85,11 @@ def _cue_recognizer_class():
 
 def _iban_any_case():
     """IBANs in any case or spacing ("gb14 loyd 7303 ..."): Presidio's IbanRecognizer wants upper case."""
-    from presidio_analyzer import PatternRecognizer
+    from presidio_analyzer import Pattern, PatternRecognizer
 
     class AnyCaseIban(PatternRecognizer):
         def invalidate_result(self, pattern_text: str) -> bool:
             return not P.iban_ok(pattern_text)
-
-    from presidio_analyzer import Pattern
 
     return AnyCaseIban(
         supported_entity="IBAN_CODE",
