@@ -8,9 +8,7 @@ split-size rule runs separately after the split (:func:`check_splits`).
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from tasks.core import (
     StageOutcome,
     StageResult,
     StrictModel,
+    atomic_write_text,
     empty_quarantine,
     finish_stage,
     quarantine_rows,
@@ -63,16 +62,8 @@ class ValidateConfig(StrictModel):
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write JSON atomically (temporary file + rename): a reader never sees half a report."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _rule_row(rule: BaseRule, contract: Contract, phase: int, passed: bool, **summary) -> dict[str, Any]:
