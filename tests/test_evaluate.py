@@ -118,6 +118,8 @@ def test_adapters_attach_and_detach_without_reloading(tiny_model_dir, tmp_path):
     )
     assert res.metrics["base"] == res.metrics["base_again"]
     assert res.metrics["candidate"]["test_loss"] != pytest.approx(res.metrics["base"]["test_loss"], abs=1e-6)
+    # The forgetting check ran on the shipped regression set: a random adapter changes the answer loss.
+    assert res.forgetting is not None and res.forgetting != pytest.approx(0.0, abs=1e-6)
 
 
 def _per_row_reference(model, tok, prompt: str, full: str, max_new: int, trie=None) -> tuple[str, float, int]:
@@ -286,3 +288,23 @@ def test_generation_eval_groups_references_and_scores_fewshot(tiny_model_dir, tm
     md = Path(res.report_md_uri).read_text()
     assert "## Side by side" in md and "base_fewshot" in md
     assert res.chart_uri and Path(res.chart_uri).stat().st_size > 1000
+
+
+def test_regression_set_formats_and_errors(tmp_path):
+    from tasks.evaluate.forgetting import load_regression_set
+
+    path = tmp_path / "general.jsonl"
+    path.write_text(
+        '{"instruction": "Add", "input": "2 and 3", "output": "5"}\n'
+        '{"prompt": "Capital of France?", "completion": "Paris"}\n'
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    )
+    pairs = load_regression_set(str(path), limit=10)
+    assert [a for _, a in pairs] == ["5", "Paris", "hello"]
+    assert pairs[0][0] == [{"role": "user", "content": "Add\n\n2 and 3"}]
+    assert len(load_regression_set("examples/regression/general_instructions.jsonl", limit=7)) == 7
+    path.write_text('{"prompt": "x", "completion": "y"}\n{broken\n')
+    with pytest.raises(StageError, match="line 2"):
+        load_regression_set(str(path), limit=10)
+    with pytest.raises(StageError, match="does not exist"):
+        load_regression_set(str(tmp_path / "missing.jsonl"), limit=10)

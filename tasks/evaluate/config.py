@@ -6,6 +6,9 @@ from pydantic import BaseModel, Field
 
 from tasks.core import StrictModel
 
+# Shipped in the repository; an installed package without the examples folder skips the check (noted in the report).
+DEFAULT_FORGETTING_SET = "examples/regression/general_instructions.jsonl"
+
 
 class JudgeConfig(StrictModel):
     """An optional pairwise LLM judge behind any OpenAI-compatible ``/v1/chat/completions`` endpoint."""
@@ -98,7 +101,7 @@ class EvalConfig(StrictModel):
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided confidence of the intervals.")
     forgetting_set: str | None = Field(
-        "examples/regression/general_instructions.jsonl",
+        DEFAULT_FORGETTING_SET,
         description="General instructions (chat JSONL or prompt/completion JSONL) scored by answer loss, base vs "
         "candidate (None: no forgetting check). Point it at your own regression set.",
     )

@@ -21,6 +21,13 @@ def _resolve(path: str) -> Path:
     return Path(__file__).resolve().parents[2] / path
 
 
+def default_set_missing(path: str | None) -> bool:
+    """Whether ``path`` is the shipped default and this installation lacks it (then the check is skipped)."""
+    from tasks.evaluate.config import DEFAULT_FORGETTING_SET
+
+    return path == DEFAULT_FORGETTING_SET and not _resolve(path).exists()
+
+
 def load_regression_set(path: str, limit: int, seed: int = 0) -> list[tuple[list[dict], str]]:
     """(prompt messages, reference answer) pairs from a chat, prompt/completion or Alpaca JSONL file."""
     p = _resolve(path)

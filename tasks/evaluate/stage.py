@@ -21,7 +21,7 @@ from tasks.base_model import resolve_base_model
 from tasks.core import DatasetRef, StageError, atomic_write_parquet, read_records
 from tasks.evaluate.baselines import pick_fewshot, with_fewshot
 from tasks.evaluate.config import EvalConfig, EvalResult
-from tasks.evaluate.forgetting import forgetting_delta
+from tasks.evaluate.forgetting import default_set_missing, forgetting_delta
 from tasks.evaluate.generation import (
     LabelTrie,
     end_token_id,
@@ -288,7 +288,9 @@ def evaluate_models(
     if cfg.bootstrap:
         intervals = candidate_intervals(run.stats, "candidate", cfg.bootstrap, cfg.confidence, cfg.seed)
     forgetting = None
-    if cfg.forgetting_set and adapters.get("candidate") and "candidate" in run.metrics:
+    if default_set_missing(cfg.forgetting_set):
+        run.skipped["forgetting"] = f"the default regression set {cfg.forgetting_set} is not in this installation"
+    elif cfg.forgetting_set and adapters.get("candidate") and "candidate" in run.metrics:
         forgetting = forgetting_delta(scorer, adapters["candidate"], cfg, prompt_template)
     judge = _run_judge(cfg, run) if cfg.judge else None
     extras = {"intervals": intervals, "forgetting": forgetting, "judge": judge}
