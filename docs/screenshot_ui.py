@@ -109,18 +109,21 @@ def _open(b, url: str, wait_text: str, height: int = 1000):
 
 
 def _close_assistant(page) -> None:
-    """MLflow 3.17 opens its (offline: useless) assistant panel beside every run page; close it for the picture."""
+    """MLflow 3.17 opens its assistant panel (offline: of no use) beside every run page; close it for the picture."""
     with contextlib.suppress(Exception):
-        page.get_by_text("MLflow Assistant", exact=True).first.locator("xpath=../..").get_by_role("button").last.click(
-            timeout=2000
-        )
+        page.get_by_role("button", name="Close", exact=True).first.click(timeout=3000)
+        page.wait_for_timeout(500)
 
 
 def mlflow_run_page(b, stack: Stack, exp_id: str, run_id: str, out: Path | None = None) -> str:
     """The run's overview (description, metrics table); returns its text."""
-    page = _open(b, f"{stack.mlflow}/#/experiments/{exp_id}/runs/{run_id}", "Description")
+    page = _open(b, f"{stack.mlflow}/#/experiments/{exp_id}/runs/{run_id}", "Description", height=1500)
     _close_assistant(page)
+    with contextlib.suppress(Exception):  # the description is folded after a few lines
+        page.get_by_role("button", name="Expand description").first.click(timeout=3000)
+        page.wait_for_timeout(500)
     if out:
+        page.get_by_text("Description", exact=True).first.scroll_into_view_if_needed()
         page.screenshot(path=str(out))
     text = page.inner_text("body")
     page.close()

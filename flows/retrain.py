@@ -127,7 +127,7 @@ def _train_and_gate(cfg: RetrainConfig, base, splits, stages: list[StageResult],
         if path:  # the JSON report, the Markdown report with side-by-side examples, the per-metric chart
             tracking.log_artifact(run_id, path, "eval")
     tracking.log_predictions(run_id, evaluation.predictions_uri)
-    tracking.log_charts(run_id, run_dir / "charts", stages, evaluation.metrics, evaluation.predictions_uri,
+    tracking.log_charts(run_id, run_dir / "charts", stages, evaluation.predictions_uri,
                         classification=cfg.evaluate.task == "classification")  # fmt: skip
     registration = register_task(run_id, trained, evaluation, cfg.register_, model_name, splits.train.sha256,
                                  evaluated_champion=champion.version if champion else None)  # fmt: skip

@@ -309,14 +309,14 @@ def log_charts(
     run_id: str,
     out_dir: str | Path,
     stages: list[StageResult],
-    metrics: dict[str, dict[str, float]] | None = None,
     predictions_uri: str | None = None,
     classification: bool = True,
 ) -> list[str]:
     """Draw the run's pictures and log them under ``charts/``; returns the artifact paths logged.
 
-    Loss curves from the run's ``train_loss`` / ``val_loss`` history, per-metric bars per model, confusion
-    matrices (base vs candidate) for classification, rows kept / quarantined per stage and PII entities by type.
+    Loss curves from the run's ``train_loss`` / ``val_loss`` history, confusion matrices (base vs candidate) for
+    classification, rows kept / quarantined per stage and PII entities by type. (The per-metric bars per model,
+    :func:`tasks.charts.metric_bars`, are drawn by the evaluate stage into ``eval/`` beside its report.)
     """
     from tasks import charts
 
@@ -325,11 +325,6 @@ def log_charts(
     train, val = metric_history(run_id, "train_loss"), metric_history(run_id, "val_loss")
     if train or val:
         made.append(charts.loss_curves(train, val, out / "loss_curves.png"))
-        if val:
-            step, loss = charts.best_step(val)
-            log_metrics(run_id, {"best_val_loss": loss, "best_step": step})
-    if metrics:
-        made.append(charts.metric_bars(metrics, out / "eval_metrics.png"))
     if predictions_uri and classification:
         import pandas as pd
 

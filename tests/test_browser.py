@@ -70,10 +70,10 @@ def test_mlflow_run_page_opens_on_the_description_and_eval_metrics(stack, tmp_pa
     assert tags.get("prefect.flow_run_url", "http").startswith("http"), "no None/flow-runs/... link"
 
 
-@pytest.mark.parametrize("chart", ["loss_curves.png", "confusion_matrix.png", "eval_metrics.png"])
+@pytest.mark.parametrize("chart", ["charts/loss_curves.png", "charts/confusion_matrix.png", "eval/eval_metrics.png"])
 def test_chart_images_render(stack, chart):
     s, b, (exp, run, _), _ = stack
-    shown = shots.mlflow_artifact(b, s, exp, run, f"charts/{chart}")
+    shown = shots.mlflow_artifact(b, s, exp, run, chart)
     assert any(w >= 400 and h >= 200 for w, h, _ in shown["images"]), shown["images"]
 
 
