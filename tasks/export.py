@@ -16,7 +16,6 @@ Every export writes ``loraflow-export.json`` into its folder, is logged to the v
 (``exports/<format>.json``) and tagged on the version (``export.<format>``). Heavy imports stay inside functions.
 """
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from tasks.core import StageError
+from tasks.core import StageError, file_sha256
 from tasks.home import loraflow_home
 
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
@@ -183,14 +182,6 @@ def write_gguf(version, out: Path, outtype: str) -> tuple[Path, list[str]]:
     return gguf, sorted(p.name for p in out.iterdir() if p.is_file())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_version(ref: str, fmt: Format, out_dir: str | Path, outtype: str = "f16") -> ExportResult:
     """Export ``NAME@ALIAS`` or ``NAME/VERSION`` in ``fmt`` into ``out_dir``; log it to the run, tag the version.
 
@@ -233,7 +224,7 @@ def export_version(ref: str, fmt: Format, out_dir: str | Path, outtype: str = "f
         out_dir=str(out.resolve()),
         files=[*sorted(set(files) | {EXPORT_MANIFEST})],
         gguf_file=gguf.name if gguf else None,
-        gguf_sha256=_sha256(gguf) if gguf else None,
+        gguf_sha256=file_sha256(gguf) if gguf else None,
         outtype=outtype if fmt == "gguf" else None,
         seconds=round(time.perf_counter() - t0, 2),
     )

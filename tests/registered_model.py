@@ -22,6 +22,18 @@ PROMPTS = [
 ]
 
 
+def chat_texts(tok, prompts: list[str]) -> list[str]:
+    """Each prompt as the rendered chat (system prompt + user turn) the model answers."""
+    return [
+        tok.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for p in prompts
+    ]
+
+
 def make_adapter(base_dir: Path, out: Path, train_ref=None) -> Path:
     """A random-weight LoRA adapter for ``base_dir`` with a loraflow manifest naming the train split."""
     import torch
@@ -88,4 +100,4 @@ def register_tiny(client, experiment_id: str, base_dir: Path, tmp_path: Path, na
     return reg, adapter, run_id
 
 
-__all__ = ["LABELS", "PROMPTS", "SYSTEM", "make_adapter", "register_tiny"]
+__all__ = ["LABELS", "PROMPTS", "SYSTEM", "chat_texts", "make_adapter", "register_tiny"]

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from registered_model import PROMPTS, SYSTEM, register_tiny
+from registered_model import PROMPTS, SYSTEM, chat_texts, register_tiny
 from typer.testing import CliRunner
 
 from tasks.core import StageError
@@ -14,14 +14,7 @@ from tasks.core import StageError
 def _greedy(model, tok, prompts):
     from tasks.evaluate import score_all
 
-    texts = [
-        tok.apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for p in prompts
-    ]
+    texts = chat_texts(tok, prompts)
     free, _, _ = score_all(model, tok, texts, texts, 8, 2)
     return free
 

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 import pytest
-from registered_model import LABELS, PROMPTS, SYSTEM, register_tiny
+from registered_model import LABELS, PROMPTS, SYSTEM, chat_texts, register_tiny
 
 from tasks.core import StageError
 
@@ -20,14 +20,7 @@ def _reference_answers(base_dir, adapter_dir, prompts, constrained):
     tok.padding_side = "left"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter_dir)).eval()
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    texts = [
-        tok.apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for p in prompts
-    ]
+    texts = chat_texts(tok, prompts)
     trie = LabelTrie(label_token_ids(tok, LABELS), end) if constrained else None
     free, constrained_answers, _ = score_all(model, tok, texts, texts, 6, 1, trie=trie)
     return constrained_answers if constrained else free
