@@ -224,6 +224,7 @@ def ui_command(
         procs.append(start_mlflow_ui(host, mlflow_port, log=logs / "mlflow-ui.log", workers=mlflow_workers))
         typer.echo(f"Prefect UI: http://{host}:{prefect_port}    MLflow UI: http://{host}:{mlflow_port}")
         typer.echo(f"to use this server elsewhere: export PREFECT_API_URL=http://{host}:{prefect_port}/api")
+        typer.echo("the Deployments page fills once deployments exist: `loraflow deploy` (with that PREFECT_API_URL)")
         typer.echo(f"logs in {logs}; Ctrl-C stops both")
         while all(p.poll() is None for p in procs):
             time.sleep(1)
