@@ -44,28 +44,32 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def flow_splits(config: str, home: Path, overrides: list[str]) -> dict:
-    """Run the flow's data stages (``loraflow prepare``) and return the split refs its MLflow run logged."""
+def flow_splits(config: str, home: Path, overrides: list[str], reuse: bool = False) -> dict:
+    """Run the flow's data stages (``loraflow prepare``) and return the split refs its MLflow run logged.
+
+    With ``reuse``, the home's latest run of that config is read without running the stages again.
+    """
     env = _env(home)
     cli = [sys.executable, "-m", "loraflow"]
-    subprocess.run([*cli, "models", "prepare"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    sets = [a for kv in overrides for a in ("--set", kv)]
-    t0 = time.perf_counter()
-    subprocess.run([*cli, "prepare", "--config", config, *sets], env=env, cwd=ROOT, check=True)
-    print(f"data stages (loraflow prepare): {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if not reuse:
+        subprocess.run([*cli, "models", "prepare"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        sets = [a for kv in overrides for a in ("--set", kv)]
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "prepare", "--config", config, *sets], env=env, cwd=ROOT, check=True)
+        print(f"data stages (loraflow prepare): {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     import mlflow
     import yaml
 
     name = yaml.safe_load((ROOT / config).read_text())["name"]
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(name)
-    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    refs = {}
-    for item in run.inputs.dataset_inputs:
-        split = item.dataset.name.rsplit("-", 1)[-1]
-        uri = json.loads(item.dataset.source)["uri"]
-        refs[split] = uri
-    return refs
+    for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=20):
+        refs = {
+            i.dataset.name.rsplit("-", 1)[-1]: json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs
+        }
+        if {"train", "val", "test"} <= set(refs):  # the newest run that got as far as the split
+            return refs
+    raise SystemExit(f"no run in {home} logged its splits: run without --reuse-splits")
 
 
 def _ref(uri: str):
@@ -239,6 +243,9 @@ def main() -> None:
     ap.add_argument("--config", default="configs/demo.yaml", help="the retrain config whose data stages to run")
     ap.add_argument("--home", default=None, help="LORAFLOW_HOME for the data stages (default: a temp folder)")
     ap.add_argument("--split-set", action="append", default=[], help="config override for the data stages")
+    ap.add_argument(
+        "--reuse-splits", action="store_true", help="use the splits of --home's latest prepare (no data stages)"
+    )
     ap.add_argument("--set", action="append", default=[], help="TrainConfig field=value (JSON values)")
     ap.add_argument("--eval-set", action="append", default=[], help="EvalConfig field=value")
     ap.add_argument("--compare-trl", action="store_true", help="loraflow's train stage vs plain TRL, side by side")
@@ -260,7 +267,7 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="loraflow-bench-train-"))
     home = Path(args.home) if args.home else tmp / "home"
-    refs = flow_splits(args.config, home, args.split_set)
+    refs = flow_splits(args.config, home, args.split_set, reuse=args.reuse_splits)
     env = _env(home)
     os.environ.update({k: env[k] for k in ("LORAFLOW_HOME", "MLFLOW_TRACKING_URI", "LORAFLOW_MODEL_CACHE") if k in env})
     if args.compare_trl:
