@@ -50,8 +50,10 @@ def backfill_feedback(
                 " [dry run]" if dry_run else "")  # fmt: skip
     run_id = None
     if not dry_run:
-        tags = {"prefect.flow_run_id": str(runtime.flow_run.id or "local"),
-                "prefect.flow_run_url": str(runtime.flow_run.ui_url or "")}  # fmt: skip
+        from tasks.tracking import flow_run_tags
+
+        tags = flow_run_tags(str(runtime.flow_run.id or "local"), str(runtime.flow_run.name or ""),
+                             runtime.flow_run.ui_url)  # fmt: skip
         run_id = bf.start_mlflow_run(start, end, store, config, tags)
     status = "FAILED"
     results: list[dict[str, Any]] = []
