@@ -236,6 +236,24 @@ def discard(ref: DatasetRef | None) -> None:
 # --------------------------------------------------------------------------------------------- stages
 
 
+#: Fault injection for the crash tests (tests/test_crash.py): the stage named here stops before it writes its
+#: outputs, touches ``<LORAFLOW_HOME>/paused-<stage>`` and waits to be killed. Unset in normal use.
+PAUSE_ENV = "LORAFLOW_TEST_PAUSE_AT"
+
+
+def pause_point(stage: str) -> None:
+    """Wait forever here when ``LORAFLOW_TEST_PAUSE_AT`` names ``stage`` (a no-op otherwise)."""
+    if os.environ.get(PAUSE_ENV) != stage:
+        return
+    import time
+
+    from tasks.home import loraflow_home
+
+    (loraflow_home() / f"paused-{stage}").touch()
+    while True:
+        time.sleep(1)
+
+
 def finish_stage(
     stage: str,
     rows_in: int,
@@ -250,6 +268,7 @@ def finish_stage(
     ``outcome.kept`` is a DataFrame, or an iterable of DataFrame batches from a stage that streams data too
     large for memory: those are written one by one (same content hash), and the ledger checked at the end.
     """
+    pause_point(stage)
     kept, quarantined = outcome.kept, outcome.quarantined
     dest = Path(data_dir or out_dir)
     if isinstance(kept, pd.DataFrame):

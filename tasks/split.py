@@ -19,7 +19,15 @@ from prefect import task
 from pydantic import Field
 
 from tasks.caching import DATA_STAGE_CACHE
-from tasks.core import DatasetRef, StrictModel, atomic_write_text, frame_sha256, read_records, write_records
+from tasks.core import (
+    DatasetRef,
+    StrictModel,
+    atomic_write_text,
+    frame_sha256,
+    pause_point,
+    read_records,
+    write_records,
+)
 from tasks.testset import SplitRule, read_plan, rule_split, test_order
 
 SPLITS = ("train", "val", "test")
@@ -135,6 +143,7 @@ def run_split(ref: DatasetRef, cfg: SplitConfig, out_dir: str | Path) -> Splits:
     """Write the three splits and the assignment; the ledger is checked against the input's row count."""
     records = read_records(ref)
     parts = split_records(records, cfg)
+    pause_point("split")
     out = Path(out_dir) / "split"
     refs = {}
     for s, df in parts.items():
