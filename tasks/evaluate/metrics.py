@@ -61,7 +61,6 @@ def text_metrics(predictions: list[str], references: list[list[str]]) -> tuple[d
         "rougeL": float(rouge.mean()),
         "chrf": sacrebleu.corpus_chrf(predictions, streams).score / 100,
         "bleu": sacrebleu.corpus_bleu(predictions, streams).score / 100,
-        "mean_words": float(np.mean([len(p.split()) for p in predictions])),
     }
     return metrics, {"rougeL": ItemStats(rouge, "mean"), "chrf_sentence": ItemStats(chrf_items, "mean")}
 

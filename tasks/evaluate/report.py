@@ -1,10 +1,9 @@
 """Something to look at: the eval report in Markdown (metrics, intervals, side-by-side examples) and a chart.
 
-The chart (one bar group per metric in [0, 1], one bar per model) needs matplotlib (the ``dev`` extra); without
-it the report says so and the run goes on. Prompts and answers in the report are the already-scrubbed test rows.
+The chart (one bar group per metric in [0, 1], one bar per model; :func:`tasks.charts.metric_bars`) needs
+matplotlib; without it the report says so and the run goes on. Prompts and answers in the report are the already-scrubbed test rows.
 """
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -17,41 +16,15 @@ def _cell(text: str, limit: int = 300) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _fraction_metrics(metrics: dict[str, dict[str, float]]) -> list[str]:
-    keys = sorted({k for m in metrics.values() for k in m})
-    return [
-        k
-        for k in keys
-        if all(0.0 <= v <= 1.0 for m in metrics.values() if (v := m.get(k)) is not None and not math.isnan(v))
-        and k not in ("test_loss",)
-    ]
-
-
 def write_chart(path: Path, metrics: dict[str, dict[str, float]]) -> Path | None:
-    """A grouped bar chart of the fraction-valued metrics; None when matplotlib is not installed."""
+    """The per-metric bar chart (:func:`tasks.charts.metric_bars`); None without matplotlib or metrics."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         return None
-    keys, models = _fraction_metrics(metrics), list(metrics)
-    if not keys or not models:
-        return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys) * max(1, len(models)) / 2), 4))
-    width = 0.8 / len(models)
-    for j, name in enumerate(models):
-        xs = [i + j * width for i in range(len(keys))]
-        ax.bar(xs, [metrics[name].get(k, 0.0) for k in keys], width, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score (fraction)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from tasks.charts import metric_bars
+
+    return metric_bars(metrics, path) if metrics else None
 
 
 def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
