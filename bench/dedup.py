@@ -240,7 +240,7 @@ def plot(curve: dict, sweep: dict, ex, lf, th: float, path: str) -> None:
     ax.axvline(0.95, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("recall (planted duplicates removed)")
     ax.set_ylabel("precision (removals that were duplicates)")
-    ax.set_title("Near-duplicate removal on perturbed BANKING77 (dev-short, the tuning set)")
+    ax.set_title("Near-duplicate removal, dev-short (perturbed BANKING77, tuning set)", fontsize=10)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0.4, 1.01)  # the 0.30 MinHashLSH point (P 0.18) is below the frame
     ax.legend(loc="lower left", fontsize=8)
