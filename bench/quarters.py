@@ -28,6 +28,7 @@ CONFIG = os.environ.get("LORAFLOW_QUARTERS_CONFIG", "configs/demo.yaml")
 EXTRA = [s for s in os.environ.get("LORAFLOW_QUARTERS_SET", "").split(";") if s]  # e.g. train.max_steps=2
 N_FEEDBACK = int(os.environ.get("LORAFLOW_QUARTERS_FEEDBACK", "240"))
 QUARTERS = [(dt.date(2026, 7, 1), dt.date(2026, 10, 1)), (dt.date(2026, 10, 1), dt.date(2027, 1, 1))]
+QUARTERS = QUARTERS[: int(os.environ.get("LORAFLOW_QUARTERS_GENERATED", len(QUARTERS)))]  # 1: Q1 and Q2 only
 NEW_LABEL = "crypto_wallet"
 NEW_WORDING = ["Quick one: ", "hiya, so ", "URGENT - ", "Not sure who to ask but ", "Hello team, "]
 NEW_CATEGORY = [
@@ -111,7 +112,7 @@ def _row(quarter: str, result: dict) -> dict:
         "test_set": f"v{tags.get('loraflow.test_set.version')} ({tags.get('loraflow.test_set.count')})",
         **{m: ev.get(m, {}).get("accuracy_constrained") for m in ("base", "candidate", "champion")},
         "promoted": result["promoted"],
-        "why": tags.get("loraflow.register.reasons", "").split(" | ")[-1][:70],
+        "why": tags.get("loraflow.register.reasons", "").split(" | ")[0][:70],
         "drift_auc": metrics.get("drift.domain_auc"),
         "label_tvd": metrics.get("drift.label_tvd"),
         "run_id": result["mlflow_run_id"],

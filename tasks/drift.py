@@ -7,7 +7,8 @@ Three views, each a number per run (``drift.*`` metrics) and together ``drift/re
   between the two label distributions (0: same mix, 1: disjoint);
 * **length** of the user turns in words: both medians and the Kolmogorov-Smirnov statistic of the two
   distributions (the largest gap between their ECDFs);
-* **domain classifier**: a TF-IDF + logistic-regression model trained to tell the two sets apart, scored by
+* **domain classifier**: a TF-IDF + logistic-regression model trained to tell this run's rows the champion did not
+  train on from the champion's rows, scored by
   cross-validated ROC AUC (0.5: indistinguishable; near 1: a different domain) — the check hamelsmu/ft-drift and
   Evidently's data-drift presets use.
 
@@ -78,6 +79,10 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any]:
     """The drift report between two record frames (this run's train split and the champion's)."""
     cur_text = [_user_text(m) for m in current["messages"]]
     ref_text = [_user_text(m) for m in reference["messages"]]
+    # The classifier sees only rows the champion did not train on: shared rows sit in both classes and would
+    # push the AUC below 0.5 instead of measuring how the new data differs.
+    new = ~current["id"].isin(set(reference["id"])) if "id" in current and "id" in reference else None
+    new_text = cur_text if new is None else [t for t, n in zip(cur_text, new, strict=True) if n]
     cur_len = np.array([len(t.split()) for t in cur_text])
     ref_len = np.array([len(t.split()) for t in ref_text])
     return {
@@ -88,7 +93,8 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any]:
             "median_champion": float(np.median(ref_len)) if len(ref_len) else 0.0,
             "ks": ks_statistic(cur_len, ref_len),
         },  # fmt: skip
-        "domain_classifier_auc": domain_auc(cur_text, ref_text),
+        "new_rows": len(new_text),
+        "domain_classifier_auc": domain_auc(new_text, ref_text),
     }
 
 

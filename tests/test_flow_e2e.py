@@ -180,3 +180,61 @@ def test_unusable_sources_stop_with_one_paragraph_and_no_traceback(tmp_path, tin
     assert out.returncode == 1 and len(errors) == 1, out.stderr[-3000:]
     assert re.search(expected, errors[0]), errors[0]
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_ledger_matches_an_independent_count_and_lineage_answers(two_runs):
+    home, first, _ = two_runs
+    client = _mlflow(home)
+    exp = client.get_experiment_by_name("loraflow-tiny")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    table = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "reports/stage_counts.json")).read_text())
+    counts = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+    # Every line of both input files, counted here from the files (the canary file, the whole demo chat file:
+    # rows past max_rows=80 are quarantined, not ignored).
+    canary_lines = len(_canary_file(home.parent / "recount.jsonl").read_bytes().splitlines())
+    demo_lines = len((ROOT / "examples/demo/tickets_chat.jsonl").read_bytes().splitlines())
+    assert counts["ingest"]["rows_in"] == canary_lines + demo_lines, counts["ingest"]
+    split = counts["split"]
+    assert split["rows_in"] == counts["validate"]["kept"]
+    assert split["rows_in"] == split["train"] + split["val"] + split["test"] + split.get("sampled_out", 0)
+
+    # The test-set manifest: logged by both runs, the same frozen set (nothing new in run 2).
+    manifests = [json.loads(Path(client.download_artifacts(r.info.run_id, "test_set/manifest.json")).read_text())
+                 for r in runs]  # fmt: skip
+    assert manifests[0]["version"] == manifests[1]["version"] == 1 and manifests[0]["ids"] == manifests[1]["ids"]
+
+    about = _run_cli(["lineage", "loraflow-tiny@challenger"], home)
+    assert about.returncode == 0, about.stderr[-2000:]
+    assert runs[1].info.run_id in about.stdout and "test set     v1" in about.stdout
+    train_ids = _run_cli(["lineage", "loraflow-tiny@challenger", "--ids", "train"], home).stdout.split()
+    assert len(train_ids) == split["train"]
+    where = _run_cli(["lineage", "loraflow-tiny@challenger", "--row", train_ids[0]], home)
+    assert where.stdout.strip() == f"{train_ids[0]}: train"
+    assert not [c for c in CANARIES.values() if c in about.stdout + where.stdout]
+
+
+@pytest.mark.slow
+def test_two_retrains_started_together_leave_one_champion_and_truthful_tags(tmp_path, tiny_model_dir):
+    """Two ``loraflow run --config configs/tiny.yaml`` at the same moment on one home: both finish, exactly one
+    version carries ``champion``, and each version names the champion it was really compared with."""
+    home = tmp_path / "home"
+    args = ["run", "--config", "configs/tiny.yaml", "--set", f"train.base_model={tiny_model_dir}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(LORAFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "loraflow", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=1500)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    client = _mlflow(home)
+    versions = client.search_model_versions("name='loraflow-tiny'")
+    assert len(versions) == 2
+    champions = [v for v in versions if "champion" in (v.aliases or [])]
+    assert len(champions) == 1
+    for v in versions:
+        compared = v.tags["loraflow.compared_with_champion"]
+        run = client.get_run(v.run_id)
+        assert run.data.tags["loraflow.register.compared_with_champion"] == compared
+        evaluated_champion = "eval.champion.accuracy" in run.data.metrics
+        assert (compared != "none") == evaluated_champion  # it names a champion iff it evaluated one
+        if int(v.version) > int(champions[0].version) and compared == "none":  # registered after the champion
+            assert "champion changed since evaluation" in run.data.tags["loraflow.register.reasons"]
