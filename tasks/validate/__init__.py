@@ -22,38 +22,16 @@ How a run works (DESIGN.md "Contracts compile to Great Expectations"), one modul
    quantile check). GX's ``unexpected_index_list`` keyed on ``id`` is what sends a row to quarantine.
 4. :mod:`~tasks.validate.stage` runs the rules in phases, builds the quarantine and the report
    (:mod:`~tasks.validate.report`), writes GX's results and Data Docs, and only then raises a failed ``block``
-   rule as :class:`ContractViolation` carrying the report. The split-size rule runs after the split:
+   rule as :class:`ContractViolation` carrying the report. The rule classes are in ``RULE_CLASSES``. The split-size rule runs after the split:
    :func:`check_splits` / :func:`validate_splits_task`.
 """
 
 from tasks.validate.contract import RULE_CLASSES, RULE_TYPES, Contract, Rule, contract_path, load_contract
-from tasks.validate.dataset_rules import (
-    ClassBalanceRule,
-    DuplicateRateRule,
-    LabelCoverageRule,
-    LengthPercentilesRule,
-    MinRowsPerClassRule,
-    MinRowsRule,
-    SplitBounds,
-    SplitSizesRule,
-)
 from tasks.validate.derived import Derived, load_tokenizer, pii_found, residual_pii, text_problems
 from tasks.validate.errors import STAGE, ContractError, ContractViolation, resolve_path
 from tasks.validate.gx import GxRun, gx_namespace
 from tasks.validate.report import format_rules_table, rules_markdown, tracking_artifacts
-from tasks.validate.rules import (
-    AssistantNotEmptyRule,
-    BaseRule,
-    CleanTextRule,
-    JsonOutputRule,
-    LabelInSetRule,
-    NoResidualPiiRule,
-    RequiredFieldsRule,
-    RoleOrderRule,
-    TokenLengthRule,
-    load_labels,
-    load_schema,
-)
+from tasks.validate.rules import BaseRule, load_labels, load_schema
 from tasks.validate.stage import (
     VALIDATE_CACHE,
     ValidateConfig,
@@ -69,29 +47,13 @@ __all__ = [
     "RULE_TYPES",
     "STAGE",
     "VALIDATE_CACHE",
-    "AssistantNotEmptyRule",
     "BaseRule",
-    "ClassBalanceRule",
-    "CleanTextRule",
     "Contract",
     "ContractError",
     "ContractViolation",
     "Derived",
-    "DuplicateRateRule",
     "GxRun",
-    "JsonOutputRule",
-    "LabelCoverageRule",
-    "LabelInSetRule",
-    "LengthPercentilesRule",
-    "MinRowsPerClassRule",
-    "MinRowsRule",
-    "NoResidualPiiRule",
-    "RequiredFieldsRule",
-    "RoleOrderRule",
     "Rule",
-    "SplitBounds",
-    "SplitSizesRule",
-    "TokenLengthRule",
     "ValidateConfig",
     "check_splits",
     "contract_fingerprint",
