@@ -157,7 +157,7 @@ def loraflow_detector(cfg, without=()):
     return detect
 
 
-CONTEXT_RECOGNIZERS = ("loraflow_name_context", "loraflow_card_context")
+CONTEXT_RECOGNIZERS = ("loraflow_name_greeting", "loraflow_name_context", "loraflow_card_context")
 
 
 def steps():

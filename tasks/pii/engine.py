@@ -102,10 +102,20 @@ def chunks(text: str, size: int, overlap: int) -> Iterable[tuple[int, str]]:
         start = m.end() if m and m.end() < end else max(start + 1, end - overlap)
 
 
-def _ner_guess_on_common_words(text: str, r) -> bool:
-    """A spaCy entity in re-cased text made only of common words (see ``casing.NER_RARE_ZIPF``)."""
+# Recognizers that read a name from its capital letters: in re-cased text the capitals are re-casing's guess.
+_NEEDS_REAL_CAPITALS = {"loraflow_name_greeting"}
+# NER types whose one-word finds on fairly common re-cased words are dropped ("my Wallet was Stolen"); places
+# stay ("madrid", 4.0 on the Zipf scale, is as common as "wallet").
+_GUARDED_NER_TYPES = {"PERSON", "ORGANIZATION"}
+
+
+def _recasing_artefact(text: str, r) -> bool:
+    """A find in re-cased text that rests on capitals re-casing invented (see ``casing.NER_RARE_ZIPF``)."""
     name = (r.recognition_metadata or {}).get("recognizer_name", "")
-    return name.startswith("Spacy") and only_common_words(text[r.start : r.end])
+    if name in _NEEDS_REAL_CAPITALS:
+        return True
+    guarded = name.startswith("Spacy") and r.entity_type in _GUARDED_NER_TYPES
+    return guarded and only_common_words(text[r.start : r.end])
 
 
 class PiiEngine:
@@ -182,7 +192,7 @@ class PiiEngine:
                 PiiSpan(r.start + off, r.end + off, r.entity_type, round(float(r.score), 4))
                 for r in found
                 if self.filter.keep(piece, r.start, r.end, r.entity_type, r.score)
-                and not (recased and _ner_guess_on_common_words(piece, r))
+                and not (recased and _recasing_artefact(piece, r))
             )
         return [resolve(texts[i], spans, cfg.entities) for i, spans in enumerate(raw)]
 

@@ -114,7 +114,8 @@ def custom_recognizers(cfg: PiiConfig) -> list[Any]:
         cue("CREDIT_CARD", [(P.CARD_CONTEXT, 0.5)], "loraflow_card_context"),
         _pattern_recognizer("PHONE_NUMBER", "loraflow_phone_shape", P.PHONE_SHAPES),
         _iban_any_case(),
-        cue("PERSON", P.NAME_CONTEXT, "loraflow_name_context"),
+        cue("PERSON", P.NAME_CONTEXT[:2], "loraflow_name_greeting"),  # "Hi Anna", "Anna here": capitals needed
+        cue("PERSON", P.NAME_CONTEXT[2:], "loraflow_name_context"),  # "contact: anna", "my name is ANNA"
         dob(),
     ]
     for ent, terms in deny_terms(cfg).items():
