@@ -370,7 +370,11 @@ def validation_html(report: dict[str, Any]) -> str:
     rows = []
     for r in report.get("rules", []):
         cls = "pass" if r["passed"] else ("block" if r["severity"] == "block" else "warn")
-        verdict = "passed" if r["passed"] else ("BLOCKED" if r["severity"] == "block" else "warning")
+        verdict = (
+            "passed"
+            if r["passed"]
+            else {"block": "BLOCKED", "quarantine": "rows quarantined"}.get(r["severity"], "warning")
+        )
         ids = ", ".join(r.get("example_ids") or [])[:300]
         rows.append(
             f"<tr><td><b>{escape(r['rule'])}</b><div class=desc>{escape(r.get('description') or '')}</div></td>"
