@@ -30,7 +30,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, CachePolicy
 from pydantic import BaseModel
 
-from tasks.core import DatasetRef
+from tasks.core import DatasetRef, file_sha256
 
 _TASKS_ROOT = Path(__file__).resolve().parent
 
@@ -133,22 +133,14 @@ def _config_strings(value: Any) -> list[str]:
     return []
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def stage_fingerprint(module: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """What, besides the inputs themselves, decides a stage's output: code, named files, library versions."""
     files, third_party = code_closure(module)
     strings = [s for v in inputs.values() for s in _config_strings(v)]
     named = sorted({s for s in strings if len(s) < 4096 and Path(s).is_file()})
     return {
-        "code": {str(f.relative_to(_TASKS_ROOT.parent)): _file_digest(f) for f in files},
-        "files": {s: _file_digest(Path(s)) for s in named},
+        "code": {str(f.relative_to(_TASKS_ROOT.parent)): file_sha256(f) for f in files},
+        "files": {s: file_sha256(Path(s)) for s in named},
         "versions": _dist_versions(set(third_party) | {s for s in strings if s.isidentifier()}),
     }
 

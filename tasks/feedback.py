@@ -454,6 +454,19 @@ def read_day(url: str | None, day: dt.date) -> list[Feedback]:
     return rows
 
 
+def _target(fb, flag: str | None, good: bool | None, cfg: FeedbackStoreConfig) -> tuple[str, str, str | None] | None:
+    """The SFT target of one feedback row, its kind and the quarantine reason (None: kept); None: no answer."""
+    if fb.corrected_response and fb.corrected_response.strip():
+        return fb.corrected_response, "corrected", None
+    if not (fb.response or "").strip():
+        return None
+    if flag is not None and flag not in cfg.sft_ok_flags:
+        return fb.response, "flagged", "flagged"
+    if good is None:
+        return fb.response, "unrated", "unrated"
+    return (fb.response, "good_rating", None) if good else (fb.response, "rejected", "preference_only")
+
+
 def extract_day(url: str | None, day: dt.date, cfg: FeedbackStoreConfig | None = None) -> StageOutcome:
     """One UTC day of feedback → SFT records (kept) and quarantined rows with reasons. Never raises on data.
 
@@ -496,19 +509,11 @@ def extract_day(url: str | None, day: dt.date, cfg: FeedbackStoreConfig | None =
             "rating": None if fb.rating is None else f"{fb.rating_scale}:{fb.rating}",
             "flag": flag,
         }
-        if fb.corrected_response and fb.corrected_response.strip():
-            target, kind, reason = fb.corrected_response, "corrected", None
-        elif not (fb.response or "").strip():
+        chosen = _target(fb, flag, good, cfg)
+        if chosen is None:
             broken.append((key, "empty_response", {"feedback_id": fb.id}))
             continue
-        elif flag is not None and flag not in cfg.sft_ok_flags:
-            target, kind, reason = fb.response, "flagged", "flagged"
-        elif good is None:
-            target, kind, reason = fb.response, "unrated", "unrated"
-        elif good:
-            target, kind, reason = fb.response, "good_rating", None
-        else:
-            target, kind, reason = fb.response, "rejected", "preference_only"
+        target, kind, reason = chosen
         messages = [*request, {"role": "assistant", "content": target}]
         rec = {
             "id": keyed_record_id(messages, id_key),
