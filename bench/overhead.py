@@ -1,0 +1,171 @@
+"""Orchestration overhead: ``loraflow run`` vs the same stage functions called directly, back to back.
+
+Side **flow** is ``loraflow run --config <config> --set ...`` (Prefect flow with its embedded API server, MLflow
+run with params / metrics / datasets / artifacts, the frozen-test-set record, the registry gate). Side **direct**
+is this script with ``--direct``: the same config resolved the same way, then the same plain stage functions the
+flow's tasks wrap (``ingest_task.fn`` ... ``evaluate_task.fn``: the ``@task`` body without Prefect) on the same
+data — ingest → scrub_pii → test-set plan → dedup → validate → split → split contract → train → evaluate
+(base + candidate, as a first run with no champion) — and nothing else: no Prefect flow or task runs, no MLflow,
+no registry. (The stage modules import ``prefect`` for their decorators, so that import is paid on both sides.)
+
+Both sides are whole processes timed the same way, by this script's wall clock around ``subprocess.run``, each
+in a fresh private ``LORAFLOW_HOME`` (the prepared base model is shared through ``LORAFLOW_MODEL_CACHE``), in
+the order direct, flow, direct, flow (``--pairs``), so that a change in machine load hits both sides alike.
+Nothing is subtracted. The overhead of a pair is ``flow / direct - 1``.
+
+    .venv/bin/python bench/overhead.py                  # the demo, reduced (see REDUCED), 2 pairs
+    .venv/bin/python bench/overhead.py --pairs 1 --set train.max_steps=2
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The demo with fewer train rows / steps and test rows, so that one side takes minutes on a loaded 2-core machine;
+# every stage still runs for real on the whole demo data (the data stages see all ~1,300 rows).
+REDUCED = [
+    "split.max_train_rows=96",
+    "train.max_steps=6",
+    "train.max_val_rows=16",
+    "evaluate.max_rows=32",
+]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["LORAFLOW_HOME"] = str(home)
+    shared_cache = ROOT / ".loraflow" / "models"
+    if "LORAFLOW_MODEL_CACHE" not in env and shared_cache.is_dir():
+        env["LORAFLOW_MODEL_CACHE"] = str(shared_cache)  # reuse the prepared base model instead of converting again
+    return env
+
+
+def direct(config: str, overrides: list[str], timings: Path) -> None:
+    """The flow's stage functions, called in the flow's order with the flow's arguments, without Prefect/MLflow."""
+    from tasks.home import configure_environment
+
+    configure_environment()  # the same offline / thread environment the CLI sets up
+    from flows.config import resolve_config
+    from tasks.base_model import resolve_base_model
+    from tasks.core import discard
+    from tasks.dedup import dedup_task
+    from tasks.evaluate import evaluate_task
+    from tasks.home import data_root, tmp_root
+    from tasks.ingest import ingest_task
+    from tasks.pii import scrub_pii_task
+    from tasks.split import split_task
+    from tasks.testset import record_test_set, write_plan
+    from tasks.train import train_task
+    from tasks.validate import validate_splits_task, validate_task
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        times[stage] = round(now - t, 2)
+        t = now
+
+    cfg = resolve_config(config, overrides, None)
+    base = resolve_base_model(cfg.train.base_model)
+    out_dir = str(data_root() / cfg.name)
+    lap("config")
+    ingested = ingest_task.fn(cfg.data, os.getcwd(), out_dir, str(tmp_root()))
+    lap("ingest")
+    scrubbed = scrub_pii_task.fn(ingested.data, cfg.pii, out_dir)
+    discard(ingested.data)
+    lap("scrub_pii")
+    cfg.split = cfg.split.model_copy(update={"plan": write_plan(scrubbed.data, cfg.split, cfg.name, out_dir)})
+    deduped = dedup_task.fn(scrubbed.data, cfg.dedup, cfg.split, out_dir)
+    lap("dedup")
+    validated = validate_task.fn(deduped.data, cfg.validate_, base.path, out_dir, pii=cfg.pii)
+    lap("validate")
+    splits = split_task.fn(validated.data, cfg.split, out_dir)
+    record_test_set(cfg.name, cfg.split.plan, splits.test)
+    validate_splits_task.fn(splits, cfg.validate_)
+    lap("split")
+    run_dir = Path(out_dir) / "runs" / "direct"
+    trained = train_task.fn(splits.train, splits.val, cfg.train, str(run_dir / "adapter"), None)
+    lap("train")
+    evaluation = evaluate_task.fn(
+        splits.test,
+        base.path,
+        {"base": None, "candidate": trained.adapter_dir},
+        cfg.evaluate,
+        str(run_dir / "eval"),
+        label_sources=[splits.train],
+    )
+    lap("evaluate")
+    for model, metrics in evaluation.metrics.items():
+        print(f"  eval {model:<10} " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    timings.write_text(json.dumps({"stages": times, "splits": splits.counts}))
+
+
+def _side(name: str, config: str, overrides: list[str], tmp: Path, i: int) -> dict:
+    home = tmp / f"{name}-{i}"
+    sets = [a for kv in overrides for a in ("--set", kv)]
+    timings = tmp / f"{name}-{i}.json"
+    if name == "flow":
+        cmd = [sys.executable, "-m", "loraflow", "run", "--config", config, *sets]
+    else:
+        cmd = [sys.executable, __file__, "--direct", "--timings", str(timings), "--config", config, *sets]
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=_env(home), cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    load1 = os.getloadavg()[0]
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"{name} side failed (exit {proc.returncode}): {' '.join(cmd)}")
+    evals = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith("eval candidate")]
+    shutil.rmtree(home, ignore_errors=True)
+    stages = json.loads(timings.read_text())["stages"] if timings.exists() else None
+    print(f"{name} #{i}: {wall:.1f} s (load {load0:.1f} → {load1:.1f}); {evals[0] if evals else ''}", file=sys.stderr)
+    return {"side": name, "wall": wall, "load": (load0, load1), "eval": evals[0] if evals else "", "stages": stages}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=None, help="Override (default: REDUCED).")
+    ap.add_argument("--pairs", type=int, default=2, help="flow/direct pairs, run back to back (A B A B).")
+    ap.add_argument("--direct", action="store_true", help="Be the direct side (internal).")
+    ap.add_argument("--timings", type=Path, help="Where --direct writes its per-stage times (internal).")
+    args = ap.parse_args()
+    overrides = REDUCED if args.overrides is None else args.overrides
+    if args.direct:
+        direct(args.config, overrides, args.timings or Path(os.devnull))
+        return
+    print(f"config {args.config} --set {' '.join(overrides)}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="loraflow-overhead-") as tmp:
+        rows = [_side(s, args.config, overrides, Path(tmp), i) for i in range(args.pairs) for s in ("direct", "flow")]
+    print(f"\nconfig: {args.config} with " + " ".join(f"--set {kv}" for kv in overrides))
+    print("| pair | flow (loraflow run) s | direct (stage functions) s | overhead | load avg 1-min during pair |")
+    print("|---|---|---|---|---|")
+    for i in range(args.pairs):
+        d, f = rows[2 * i], rows[2 * i + 1]
+        loads = [*f["load"], *d["load"]]
+        print(f"| {i + 1} | {f['wall']:.1f} | {d['wall']:.1f} | {100 * (f['wall'] / d['wall'] - 1):+.1f} % | "
+              f"{min(loads):.1f}–{max(loads):.1f} |")  # fmt: skip
+    flow_total = sum(r["wall"] for r in rows if r["side"] == "flow")
+    direct_total = sum(r["wall"] for r in rows if r["side"] == "direct")
+    print(f"| all | {flow_total:.1f} | {direct_total:.1f} | {100 * (flow_total / direct_total - 1):+.1f} % | |")
+    for i, r in enumerate(x for x in rows if x["side"] == "direct"):
+        stages = ", ".join(f"{k} {v}" for k, v in (r["stages"] or {}).items())
+        print(f"direct #{i + 1}, in-process seconds per stage: {stages}")
+    for r in rows:
+        print(f"{r['side']}: {r['eval']}")
+
+
+if __name__ == "__main__":
+    main()
