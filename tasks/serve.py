@@ -180,8 +180,9 @@ def create_app(engine, model_version: str, sink: FeedbackSink | None, token: str
             "completion_tokens": ans.completion_tokens,
             "total_tokens": ans.prompt_tokens + ans.completion_tokens,
         }
-        if sink is not None:
-            sink.record_response(response_id, messages, ans.text, {**usage, "latency_ms": ans.seconds * 1000})
+        if sink is not None:  # stored as the model saw it (with its system prompt): the training format
+            stats = {**usage, "latency_ms": ans.seconds * 1000}
+            sink.record_response(response_id, engine.with_system(messages), ans.text, stats)
         limit = req.max_tokens or engine.settings.max_new_tokens
         return {
             "id": response_id,

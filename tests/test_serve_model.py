@@ -101,6 +101,7 @@ def test_serve_feedback_backfill_round_trip(served, tmp_path):
     everything = part.to_json() + quarantine.to_json()
     assert CANARY_EMAIL not in everything and "Quackenbush" not in everything
     assert "refund" in " ".join(part["messages"])  # the correction became the target
+    assert all(json.loads(m)[0]["role"] == "system" for m in part["messages"])  # as the model saw it
 
     from sqlalchemy import create_engine, text
 
