@@ -3,6 +3,7 @@
 Heavy imports (torch, transformers, peft, trl, datasets) happen inside the functions.
 """
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -177,7 +178,9 @@ def train_adapter(
     init_sha = file_sha256(Path(init) / "adapter_model.safetensors") if init else ""
     folder = root / ckpt.checkpoint_key(train.sha256, val.sha256, cfg, base.sha256, init_sha)
     if folder.exists() and ckpt.owner_alive(folder):
-        raise StageError(f"another live process is training the same data and config into {folder}.")
+        # Two retrains started together on the same data and config: train beside the other one, in a folder
+        # of this process's own (no resume for it), instead of failing one of them.
+        folder = folder.with_name(f"{folder.name}-pid{os.getpid()}")
     if not cfg.resume:
         shutil.rmtree(folder, ignore_errors=True)
     ckpt.claim(folder)
