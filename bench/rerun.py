@@ -12,6 +12,7 @@ cache cannot shorten.
 """
 
 import argparse
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -32,6 +33,16 @@ def _env(home: Path) -> dict[str, str]:
     if "LORAFLOW_MODEL_CACHE" not in env and shared_cache.is_dir():
         env["LORAFLOW_MODEL_CACHE"] = str(shared_cache)  # reuse the prepared base model instead of converting again
     return env
+
+
+def _tree_digests() -> dict[str, str]:
+    """Digest of every source and config file a data stage's cache key can depend on (to explain a miss)."""
+    files = [p for d in ("tasks", "flows", "configs", "data_contracts", "examples") for p in (ROOT / d).rglob("*")]
+    return {
+        str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def _ts(value: str) -> datetime:
@@ -66,8 +77,9 @@ def main() -> None:
     cmd = [sys.executable, "-m", "loraflow", "prepare", "--config", args.config, *sets]
     with tempfile.TemporaryDirectory(prefix="loraflow-rerun-") as tmp:
         home = Path(tmp) / "home"
-        walls, loads = [], []
+        walls, loads, trees = [], [], []
         for i in (1, 2):
+            trees.append(_tree_digests())
             loads.append(os.getloadavg()[0])
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=_env(home), cwd=ROOT, capture_output=True, text=True)
@@ -94,7 +106,9 @@ def main() -> None:
     print(f"| whole `loraflow prepare` process | {walls[0]:.1f} | {walls[1]:.1f} | {100 * walls[1] / walls[0]:.1f} % |")
     missed = [s for s, (_, state) in second.items() if s != "ingest" and state != "Cached"]
     if missed:
-        print(f"\ncache MISSED on the second run for: {', '.join(missed)}")
+        changed = sorted(k for k in set(trees[0]) | set(trees[1]) if trees[0].get(k) != trees[1].get(k))
+        print(f"\ncache MISSED on the second run for: {', '.join(missed)}; files changed between the runs: "
+              f"{', '.join(changed) or 'none'}")  # fmt: skip
 
 
 if __name__ == "__main__":
