@@ -58,9 +58,14 @@ quarters: models
 	$(BIN)/python bench/quarters.py
 
 bench: models
-	$(BIN)/python bench/pii.py
-	$(BIN)/python bench/dedup.py
-	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/pii.py --repeat 2
+	$(BIN)/python bench/pii_thresholds.py
+	$(BIN)/python bench/dedup.py quality
+	$(BIN)/python bench/dedup.py scale
+	$(BIN)/python bench/validate.py --data-docs
+	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/train.py --config configs/demo.yaml
 	$(BIN)/python bench/train.py --config configs/demo.yaml --compare-trl
 	$(BIN)/python bench/train.py --config configs/banking77.yaml --compare-trl

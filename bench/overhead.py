@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 # The demo with fewer train rows / steps and test rows, so that one side takes minutes on a loaded 2-core machine;
 # every stage still runs for real on the whole demo data (the data stages see all ~1,300 rows).
 REDUCED = [
-    "split.max_train_rows=96",
+    "split.max_train_rows=320",  # the contract wants test ≤ 30 % of all rows
     "train.max_steps=6",
     "train.max_val_rows=16",
     "evaluate.max_rows=32",
