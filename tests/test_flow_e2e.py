@@ -214,6 +214,7 @@ def test_ledger_matches_an_independent_count_and_lineage_answers(two_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # two full tiny retrains side by side on 2 cores
 def test_two_retrains_started_together_leave_one_champion_and_truthful_tags(tmp_path, tiny_model_dir):
     """Two ``loraflow run --config configs/tiny.yaml`` at the same moment on one home: both finish, exactly one
     version carries ``champion``, and each version names the champion it was really compared with."""
