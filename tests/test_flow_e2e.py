@@ -227,10 +227,12 @@ def test_two_retrains_started_together_leave_one_champion_and_truthful_tags(tmp_
     outs = [p.communicate(timeout=1500)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
     client = _mlflow(home)
-    versions = client.search_model_versions("name='loraflow-tiny'")
+    found = client.search_model_versions("name='loraflow-tiny'")  # (search results carry no aliases)
+    versions = [client.get_model_version("loraflow-tiny", v.version) for v in found]
     assert len(versions) == 2
     champions = [v for v in versions if "champion" in (v.aliases or [])]
     assert len(champions) == 1
+    assert str(client.get_model_version_by_alias("loraflow-tiny", "champion").version) == str(champions[0].version)
     for v in versions:
         compared = v.tags["loraflow.compared_with_champion"]
         run = client.get_run(v.run_id)
