@@ -138,7 +138,7 @@ def _register_commands() -> None:
 
     An import error here is a broken install or a bug: it propagates, never silently drops commands.
     """
-    from loraflow.commands import dedup, deploy, export, feedback, lineage, scrub, serve_model, validate
+    from loraflow.commands import dedup, deploy, export, feedback, lineage, review, scrub, serve_model, validate
 
     app.command("export", help=export.command.__doc__)(export.command)
     app.command("serve-model", help=serve_model.command.__doc__)(serve_model.command)
@@ -154,6 +154,9 @@ def _register_commands() -> None:
     feedback_app.command("import", help=feedback.import_command.__doc__)(feedback.import_command)
     feedback_app.command("add", help=feedback.add_command.__doc__)(feedback.add_command)
     app.add_typer(feedback_app, name="feedback")
+    app.add_typer(review.review_app, name="review")
+    app.command("approve", help=review.approve_command.__doc__)(review.approve_command)
+    app.command("rollback", help=review.rollback_command.__doc__)(review.rollback_command)
 
 
 def main() -> None:
