@@ -217,7 +217,7 @@ def train_adapter(
 def _fit(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_log) -> tuple[dict, object]:
     """Build the trainer, resume if a checkpoint exists, train; returns (TrainResult fields, trainer)."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PrinterCallback
     from trl import SFTTrainer
 
     if cfg.torch_threads:
@@ -236,6 +236,8 @@ def _fit(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_
         peft_config=peft_config,
         callbacks=callbacks_for(cfg, on_log, check_grads=init is not None),
     )
+    # disable_tqdm makes the Trainer print every log dict as raw text beside our bar: the Relay callback logs them.
+    trainer.remove_callback(PrinterCallback)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     resume = ckpt.last_checkpoint(folder) if cfg.resume else None
