@@ -105,9 +105,10 @@ def cached_base_hashes(cache: Path | None = None) -> set[str]:
 
 
 def _previous_champion(client, model: str, current: str | None) -> str:
-    moves = history(model)
-    if moves and current is not None and moves[-1]["version"] == current and moves[-1]["previous"]:
-        return moves[-1]["previous"]
+    # The move that made the current champion, not a rollback to it: rolling back twice goes further back.
+    made = [m for m in history(model) if m["version"] == current and m["action"] != "rollback"]
+    if made and made[-1]["previous"]:
+        return made[-1]["previous"]
     if current is not None:  # moved by the gate, which tags the champion it beat on the version
         tags = _version(client, model, current).tags or {}
         prior = tags.get("loraflow.compared_with_champion")

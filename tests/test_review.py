@@ -55,11 +55,15 @@ def _fill(path, out, prefer_truth=True, seed=1):
             r["preferred"] = "tie" if a_good == b_good else ("A" if a_good else "B")
         else:
             r["preferred"] = rng.choice(["A", "B", "tie"])
-    with open(out, "w", newline="") as f:
+    _write(rows, out)
+    return rows
+
+
+def _write(rows, path):
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return rows
 
 
 def _expected_win_rate(rows):
@@ -104,10 +108,7 @@ def test_bad_cell_refused_nothing_logged(run, tmp_path):
     export_sheet(run_id, tmp_path / "s.csv")
     rows = _fill(tmp_path / "s.csv", tmp_path / "f.csv")
     rows[4]["on_brand_B"] = "9"
-    with open(tmp_path / "f.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write(rows, tmp_path / "f.csv")
     with pytest.raises(StageError, match=r"row 6, column on_brand_B: '9' is not an integer from 1 to 5"):
         import_sheet(tmp_path / "f.csv", "bob")
     assert not any(k.startswith("review.") for k in client.get_run(run_id).data.metrics)
@@ -125,10 +126,7 @@ def test_cli_bad_choice_exit_nonzero(run, tmp_path):
     assert r.exit_code == 0, r.output
     rows = _fill(tmp_path / "s.csv", tmp_path / "f.csv")
     rows[0]["preferred"] = "C"
-    with open(tmp_path / "f.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write(rows, tmp_path / "f.csv")
     r = CliRunner().invoke(app, ["review", "import", str(tmp_path / "f.csv")])
     assert r.exit_code == 1
     assert "row 2, column preferred" in r.output and "A|B|tie" in r.output and "Traceback" not in r.output
@@ -146,10 +144,7 @@ def test_reordered_rows_and_idempotent(run, tmp_path):
     assert not again["changed"]
     assert len(client.get_metric_history(run_id, "review.win_rate")) == 1
     random.Random(5).shuffle(rows)
-    with open(tmp_path / "shuffled.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write(rows, tmp_path / "shuffled.csv")
     out = import_sheet(tmp_path / "shuffled.csv", "alice")  # same judgements, other order: same metrics
     assert {k: out["metrics"][k] for k in first} == pytest.approx(first)
 
@@ -224,6 +219,25 @@ def test_approve_reject_rollback(registry):
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert client.get_model_version(MODEL, "1").tags["rollback.by"] == "oncall"
     assert [h["version"] for h in history(MODEL)] == ["2", "1"]
+    with pytest.raises(StageError, match="no previous champion"):  # back past version 1: nothing recorded
+        rollback(MODEL, "oncall", "again", cache=cache)
+
+
+def test_cli_approve_and_rollback(registry):
+    from typer.testing import CliRunner
+
+    from loraflow.cli import _register_commands, app
+
+    _register_commands()
+    client, _ = registry
+    r = CliRunner().invoke(app, ["approve", f"{MODEL}/2", "--reviewer", "owner", "--reason", "ok"])
+    assert r.exit_code == 0, r.output
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    r = CliRunner().invoke(app, ["rollback", MODEL, "--to", "3", "--by", "oncall", "--reason", "x"])
+    assert r.exit_code == 1 and "not in the local model cache" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["rollback", MODEL, "--by", "oncall", "--reason", "bad"])
+    assert r.exit_code == 0, r.output
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
 
 
 def test_rollback_refuses_missing_base(registry):
