@@ -131,6 +131,7 @@ def export_sheet(run_id: str, out: str | Path, cfg: ReviewConfig | None = None) 
     rng = random.Random(cfg.seed)
     sample = sorted(rng.sample(ids, min(cfg.rows, len(ids))), key=str)
     sheet = hashlib.sha256(f"{run_id}:{cfg.seed}:{cfg.rows}".encode()).hexdigest()[:10]
+    _refuse_new_key_over_reviews(run_id, sheet)
     rows, key_items = [], {}
     for rid in sample:
         sides = ["candidate", opponent]
@@ -154,6 +155,17 @@ def export_sheet(run_id: str, out: str | Path, cfg: ReviewConfig | None = None) 
     client.log_text(run_id, json.dumps(key, indent=2), KEY_ARTIFACT)
     client.set_tag(run_id, "review.sheet", sheet)
     return {"path": str(out), "rows": len(rows), "sheet": sheet}
+
+
+def _refuse_new_key_over_reviews(run_id: str, sheet: str) -> None:
+    """A run keeps one key: a different sheet may replace it only while no review was imported against it."""
+    tags = _client().get_run(run_id).data.tags
+    earlier = tags.get("review.sheet")
+    if earlier and earlier != sheet and _reviewer_sheets(run_id):
+        raise StageError(
+            f"run {run_id} already has imported reviews of sheet {earlier}; export with the same --rows and --seed "
+            "to get that sheet again."
+        )
 
 
 def _champion_version_of(run_id: str) -> str | None:

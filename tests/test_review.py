@@ -150,7 +150,7 @@ def test_reordered_rows_and_idempotent(run, tmp_path):
 
 
 def test_second_reviewer_agreement(run, tmp_path):
-    from tasks.review import export_sheet, import_sheet
+    from tasks.review import ReviewConfig, export_sheet, import_sheet
 
     client, run_id = run
     export_sheet(run_id, tmp_path / "s.csv")
@@ -163,6 +163,8 @@ def test_second_reviewer_agreement(run, tmp_path):
     out = import_sheet(tmp_path / "c.csv", "bob")  # bob's new sheet replaces his old one
     assert out["metrics"]["review.rows"] == 60
     assert out["metrics"]["review.agreement"] < 1.0 and out["metrics"]["review.kappa"] < 1.0
+    with pytest.raises(StageError, match="already has imported reviews"):  # the key the reviews need stays
+        export_sheet(run_id, tmp_path / "other.csv", ReviewConfig(seed=9))
 
 
 def test_baseline_opponent_without_champion(mlflow_sqlite, tmp_path):
