@@ -69,7 +69,26 @@ def configure_environment() -> Path:
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     show_each_warning_once()
+    _init_mlflow_store_once(env["MLFLOW_TRACKING_URI"])
     return home
+
+
+def _init_mlflow_store_once(uri: str) -> None:
+    """Create a new SQLite tracking store under a lock: two first runs on a fresh home would otherwise both run
+    MLflow's schema migrations on the same file and one of them fail."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists():
+        return
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(db.with_name(f".{db.name}.init.lock")):
+        if not db.exists():
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).search_experiments(max_results=1)
 
 
 class _FirstOfEachWarning(logging.Filter):
