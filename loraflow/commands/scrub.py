@@ -45,6 +45,44 @@ def _input_index(meta, fmt_is_table: bool, fallback: int) -> int:
     return line - 2 if fmt_is_table else line - 1
 
 
+def _write_spans(path: Path, found_spans: dict, metas: list, is_table: bool) -> None:
+    """One JSON line per entity: where it is (input line, message, offsets) and its type, never its text."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for (row, j), found in sorted(found_spans.items()):
+            line = _input_index(metas[row], is_table, row)
+            for s in found:
+                span = {"line": line, "message": j, "start": s.start, "end": s.end, "entity_type": s.entity_type,
+                        "score": s.score}  # fmt: skip
+                f.write(json.dumps(span) + "\n")
+
+
+def _write_records(path: Path, kept) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in kept.to_dict("records"):
+            out = {k: rec[k] for k in ("messages", "id", "source", "created_at", "meta")}
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+
+
+def _reason_counts(prefix: str, quarantined) -> dict[str, int]:
+    if not len(quarantined):
+        return {}
+    return {f"{prefix}_{k}": int(v) for k, v in quarantined["reason"].value_counts().items()}
+
+
+def _counts(parsed_rows: int, read_quarantine, outcome) -> dict[str, int]:
+    """The ledger: every input row was read and kept, quarantined at read, or quarantined by the scrubber."""
+    return {
+        "rows_in": parsed_rows + len(read_quarantine),
+        "kept": len(outcome.kept),
+        "quarantined_at_read": len(read_quarantine),
+        "quarantined": len(outcome.quarantined),
+        **_reason_counts("quarantined", outcome.quarantined),
+        **_reason_counts("quarantined_at_read", read_quarantine),
+    }
+
+
 def command(
     input: Annotated[Path, typer.Argument(help="Records: chat, Alpaca or prompt/completion JSONL, CSV or Parquet.")],
     output: Annotated[Path, typer.Argument(help="Scrubbed records, chat-format JSONL.")],
@@ -92,33 +130,9 @@ def command(
         return
 
     if spans is not None:
-        spans.parent.mkdir(parents=True, exist_ok=True)
-        metas = list(records["meta"])
-        with open(spans, "w", encoding="utf-8") as f:
-            for (row, j), found in sorted(found_spans.items()):
-                line = _input_index(metas[row], is_table, row)
-                for s in found:
-                    f.write(json.dumps({"line": line, "message": j, "start": s.start, "end": s.end,
-                                        "entity_type": s.entity_type, "score": s.score}) + "\n")  # fmt: skip
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as f:
-        for rec in outcome.kept.to_dict("records"):
-            f.write(json.dumps({"messages": rec["messages"], "id": rec["id"], "source": rec["source"],
-                                "created_at": rec["created_at"], "meta": rec["meta"]}, ensure_ascii=False) + "\n")  # fmt: skip
-
-    q = outcome.quarantined
-    counts = {
-        "rows_in": len(records) + len(loaded.quarantined),
-        "kept": len(outcome.kept),
-        "quarantined_at_read": len(loaded.quarantined),
-        "quarantined": len(q),
-        **{f"quarantined_{k}": int(v) for k, v in (q["reason"].value_counts().items() if len(q) else [])},
-        **{
-            f"quarantined_at_read_{k}": int(v)
-            for k, v in (loaded.quarantined["reason"].value_counts().items() if len(loaded.quarantined) else [])
-        },  # fmt: skip
-    }
+        _write_spans(spans, found_spans, list(records["meta"]), is_table)
+    _write_records(output, outcome.kept)
+    counts = _counts(len(records), loaded.quarantined, outcome)
     full = {"stage": "pii", "input": str(input), "output": str(output), "counts": counts, **outcome.report}
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
