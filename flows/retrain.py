@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.backfill import backfill_feedback
 from flows.config import RetrainConfig, flatten, resolve_config
 from flows.params import RetrainParams
-from tasks import tracking
+from tasks import cost, tracking
 from tasks.core import StageResult, discard, format_counts
 from tasks.dedup import dedup_task
 from tasks.drift import log_drift
@@ -173,6 +173,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
 
         run_dir = Path(out_dir) / "runs" / run_id
         trained, evaluation, registration = _train_and_gate(cfg, base, splits, stages, run_dir, run_id)
+        usage = cost.cost_metrics(cfg.cost)  # CPU / GPU seconds, tokens trained and generated, peak memory, estimate
+        tracking.log_metrics(run_id, usage)
+        get_run_logger().info("cost: %s", ", ".join(f"{k.removeprefix('cost.')}={v:g}" for k, v in usage.items()))
         tracking.set_description(run_id, tracking.run_description(
             **about, train=trained.model_dump(), metrics=evaluation.metrics, decision=registration.model_dump()
         ))  # fmt: skip
@@ -185,6 +188,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
                 registration,
                 split=splits.counts,
                 train=tracking.train_summary(run_id, trained.model_dump()),
+                cost=usage,
             ),
             key=f"retrain-{cfg.name}".lower().replace("_", "-"),
             description="loraflow retrain summary",

@@ -319,18 +319,6 @@ def _log_servable_model(run_id: str, train: TrainResult, evaluation: EvalResult,
     return log_pyfunc(run_id, files, settings)
 
 
-@task(name="register")
-def register_task(
-    run_id: str,
-    train: TrainResult,
-    evaluation: EvalResult,
-    cfg: RegisterConfig,
-    model_name: str | None = None,
-    dataset_digest: str | None = None,
-    tags: dict[str, str] | None = None,
-    evaluated_champion: str | None = None,
-) -> Registration:
-    """Prefect wrapper around :func:`register_candidate`; ``evaluated_champion``: the champion version the
-    evaluation compared with (None: no champion), checked again under the lock before the alias moves."""
-    return register_candidate(run_id, train, evaluation, cfg, model_name, dataset_digest, tags=tags,
-                              evaluated_champion=evaluated_champion)  # fmt: skip
+# The Prefect task is register_candidate itself: the flow passes ``evaluated_champion`` (the champion version the
+# evaluation compared with, None when there was none), checked again under the lock before the alias moves.
+register_task = task(name="register")(register_candidate)

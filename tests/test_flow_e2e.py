@@ -105,6 +105,9 @@ def test_mlflow_holds_params_metrics_artifacts_and_a_registered_version(two_runs
     ):
         assert key in metrics, key
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # max_steps=2, logged every step
+    # What the run used: CPU seconds, tokens trained and generated, peak memory and a priced estimate.
+    assert metrics["cost.cpu_s"] > 0 and metrics["cost.peak_rss_mb"] > 0 and "cost.estimate" in metrics
+    assert metrics["cost.tokens_trained"] > 0 and metrics["cost.tokens_generated"] > 0
     # rows_in == kept + quarantined, stage by stage, as logged (one table artifact, not 40 metric charts)
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "reports/stage_counts.json")).read_text())
     counts = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}

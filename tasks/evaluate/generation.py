@@ -8,6 +8,7 @@ KV cache on; free generation, label-constrained generation and the answer loss e
 import copy
 import math
 
+from tasks import cost
 from tasks.core import StageError
 
 
@@ -191,6 +192,7 @@ def score_all(
                     max_new_tokens=max_new_tokens,
                     **gen,
                 )
+                cost.add_tokens("generated", int((out[:, width:] != pad_id).sum()))
                 for i, text in zip(idx, _decode(tokenizer, out, width, end_id), strict=True):
                     free[i] = text
             if trie is not None:
@@ -206,6 +208,7 @@ def score_all(
                     prefix_allowed_tokens_fn=allowed,
                     **gen,
                 )
+                cost.add_tokens("generated", int((out[:, width:] != pad_id).sum()))
                 for i, text in zip(idx, _decode(tokenizer, out, width, end_id), strict=True):
                     constrained[i] = text
             loss, count = _loss_on_cache(model, ids, mask, pos, prefill, [answers[i] for i in idx], pad_id)
