@@ -36,8 +36,9 @@ def backfill_feedback(
     Args:
         start: First day to backfill (UTC, inclusive).
         end: Day after the last one (exclusive): start=2026-07-01, end=2026-10-01 covers the third quarter.
-        source: Feedback store URL (sqlite:///... or postgresql+psycopg://...). Empty: the store under the
-            loraflow home.
+        source: Feedback store URL (sqlite:///... or postgresql+psycopg://...). Empty: ``$LORAFLOW_FEEDBACK_URL``,
+            else the store under the loraflow home. Prefect stores flow parameters: keep a password out of this
+            one and in ``LORAFLOW_FEEDBACK_URL`` (what ``loraflow backfill --source`` does).
         dry_run: Only count what each day would write; nothing is scrubbed or written, nothing logged to MLflow.
         config: A retrain config file whose `pii` section to use. Empty: the PII stage's defaults.
     """

@@ -34,6 +34,7 @@ import datetime as dt
 import fnmatch
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tasks.core import (
@@ -74,7 +76,9 @@ _FLAG_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_ .:-]{0,39}$")
 
 
 def default_store_url() -> str:
-    return f"sqlite:///{loraflow_home() / 'feedback' / 'feedback.db'}"
+    """``LORAFLOW_FEEDBACK_URL`` when set (credentials stay in the environment, out of flow parameters), else
+    the SQLite file under the loraflow home."""
+    return os.environ.get("LORAFLOW_FEEDBACK_URL") or f"sqlite:///{loraflow_home() / 'feedback' / 'feedback.db'}"
 
 
 class FeedbackStoreConfig(StrictModel):
@@ -151,7 +155,15 @@ def engine(url: str | None = None) -> Engine:
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         eng = create_engine(url, future=True, pool_pre_ping=True)
-        Base.metadata.create_all(eng)
+        try:
+            Base.metadata.create_all(eng)
+        except OperationalError as e:  # unreachable server, bad credentials: the user's to fix, in one line
+            eng.dispose()
+            why = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+            raise StageError(
+                f"the feedback store {safe_url(url)} cannot be opened: {why}. Check the URL, that the server is "
+                "running and the credentials."
+            ) from None
         _ENGINES[url] = eng
     return _ENGINES[url]
 

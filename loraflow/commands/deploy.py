@@ -239,11 +239,31 @@ def ui_command(
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Set the given environment variables (None: leave as is) for the block, then restore them."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def backfill_command(
     start: Annotated[dt.datetime, typer.Option("--start", formats=["%Y-%m-%d"], help="First day (inclusive).")],
     end: Annotated[dt.datetime, typer.Option("--end", formats=["%Y-%m-%d"], help="Day after the last (exclusive).")],
     source: Annotated[
-        str | None, typer.Option("--source", help="Feedback store URL (default: SQLite under the loraflow home).")
+        str | None,
+        typer.Option(
+            "--source",
+            help="Feedback store URL (default: $LORAFLOW_FEEDBACK_URL, else SQLite under the loraflow home); "
+            "passed on through the environment, never stored as a flow parameter.",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what each day would write.")] = False,
     config: Annotated[
@@ -252,12 +272,17 @@ def backfill_command(
 ) -> None:
     """Backfill production feedback for [start, end) into one scrubbed partition per day (idempotent)."""
     from flows.backfill import backfill_feedback
+    from loraflow.cli import _quiet_user_errors
     from tasks.backfill import days
     from tasks.core import StageError
 
+    _quiet_user_errors()  # a StageError (an unreachable store...) is one line, not Prefect's traceback
     try:
         days(start.date(), end.date())  # a reversed window is a user error: say so before starting the flow
-        result = backfill_feedback(start.date(), end.date(), source=source, dry_run=dry_run, config=config)
+        # The URL travels through the environment, not as a flow parameter: Prefect stores parameters (a
+        # password too) in its database.
+        with _environment(LORAFLOW_FEEDBACK_URL=source):
+            result = backfill_feedback(start.date(), end.date(), dry_run=dry_run, config=config)
     except StageError as e:
         _fail(str(e))
         return
