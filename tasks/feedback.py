@@ -75,6 +75,18 @@ STAGE = "feedback"
 _FLAG_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_ .:-]{0,39}$")
 
 
+_VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,63}")
+
+
+def _version_detail(version: str | None) -> dict[str, Any]:
+    """What a quarantine row may say about an unknown model version: the identifier itself when it looks like one
+    (``loraflow-demo/3``, ``gpt-4o-2024-08-06``), else only its length and a hash, never free text."""
+    value = version or ""
+    if _VERSION_ID.fullmatch(value):
+        return {"model_version": value}
+    return {"model_version_sha256": hashlib.sha256(value.encode()).hexdigest()[:16], "model_version_chars": len(value)}
+
+
 def default_store_url() -> str:
     """``LORAFLOW_FEEDBACK_URL`` when set (credentials stay in the environment, out of flow parameters), else
     the SQLite file under the loraflow home."""
@@ -510,8 +522,7 @@ def extract_day(url: str | None, day: dt.date, cfg: FeedbackStoreConfig | None =
             broken.append((key, "invalid_messages", {"feedback_id": fb.id, "error": str(e)}))
             continue
         if not _version_known(fb.model_version, registered, patterns):
-            version = (fb.model_version or "")[:64]
-            broken.append((key, "unknown_model_version", {"feedback_id": fb.id, "model_version": version}))
+            broken.append((key, "unknown_model_version", {"feedback_id": fb.id, **_version_detail(fb.model_version)}))
             continue
         good = _is_good(fb.rating_scale, fb.rating, cfg.good_min_stars)
         flag = _flag(fb.flag_reason)

@@ -192,10 +192,20 @@ def test_extract_day_applies_every_rule(store_url, tmp_path):
     assert by_reason["invalid_messages"]["record"] is None
     assert "broken" not in by_reason["invalid_messages"]["detail"]
     assert json.loads(by_reason["unknown_model_version"]["detail"])["model_version"] == "gpt-rogue"
+
     # Rows excluded from SFT keep their record (to be scrubbed) for preference tuning.
     rec = json.loads(by_reason["flagged"]["record"])
     assert rec["messages"][-1]["content"] == "terminate" and rec["meta"]["flag"] == "harmful"
     assert out.report["targets"]["rejected"] == 2
+
+
+def test_an_unknown_model_version_that_is_free_text_is_only_hashed_in_quarantine():
+    from tasks.feedback import _version_detail
+
+    assert _version_detail("loraflow-demo/3") == {"model_version": "loraflow-demo/3"}
+    detail = _version_detail("call me at 555-0100, Jane Doe")
+    assert "model_version" not in detail and detail["model_version_chars"] == 29
+    assert "Jane" not in json.dumps(detail)
 
 
 def test_missing_timestamp_is_quarantined_on_the_day_it_arrived(store_url, tmp_path):
