@@ -302,7 +302,11 @@ def test_regression_set_formats_and_errors(tmp_path):
     pairs = load_regression_set(str(path), limit=10)
     assert [a for _, a in pairs] == ["5", "Paris", "hello"]
     assert pairs[0][0] == [{"role": "user", "content": "Add\n\n2 and 3"}]
-    assert len(load_regression_set("examples/regression/general_instructions.jsonl", limit=7)) == 7
+    from tasks.evaluate.config import DEFAULT_FORGETTING_SET
+    from tasks.evaluate.forgetting import default_set_missing
+
+    if not default_set_missing(DEFAULT_FORGETTING_SET):  # the shared Self-Instruct seeds beside the checkout
+        assert len(load_regression_set(DEFAULT_FORGETTING_SET, limit=7)) == 7
     path.write_text('{"prompt": "x", "completion": "y"}\n{broken\n')
     with pytest.raises(StageError, match="line 2"):
         load_regression_set(str(path), limit=10)

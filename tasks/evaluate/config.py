@@ -7,7 +7,8 @@ from pydantic import BaseModel, Field
 from tasks.core import StrictModel
 
 # Shipped in the repository; an installed package without the examples folder skips the check (noted in the report).
-DEFAULT_FORGETTING_SET = "examples/regression/general_instructions.jsonl"
+# Self-Instruct's 175 human-written seed tasks (Apache-2.0), read where the shared data lies beside the checkout.
+DEFAULT_FORGETTING_SET = "../shared/data/self_instruct_seed/seed_tasks.jsonl"
 
 
 class JudgeConfig(StrictModel):

@@ -1,8 +1,9 @@
 """Did the fine-tune forget general skills? Answer loss on general instructions, base vs candidate.
 
 PEFT's forgetting metric: mean cross-entropy of reference answers to general instructions after fine-tuning
-minus before. The default regression set (``examples/regression/general_instructions.jsonl``) is a fixed subset
-of Self-Instruct's 175 human-written seed tasks (Wang et al. 2023, Apache-2.0; licence beside the file); point
+minus before. The default regression set is Self-Instruct's 175 human-written seed tasks (Wang et al. 2023,
+Apache-2.0), read from ``../shared/data/self_instruct_seed/seed_tasks.jsonl`` beside the checkout (a seeded
+sample of ``forgetting_rows``); where it is absent the check is skipped and says so. Point
 ``evaluate.forgetting_set`` at your own (chat JSONL or prompt/completion / Alpaca JSONL).
 """
 
