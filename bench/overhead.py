@@ -9,7 +9,7 @@ data — ingest → scrub_pii → test-set plan → dedup → validate → split
 no registry. (The stage modules import ``prefect`` for their decorators, so that import is paid on both sides.)
 
 Both sides are whole processes timed the same way, by this script's wall clock around ``subprocess.run``, each
-in a fresh private ``LORAFLOW_HOME`` (the prepared base model is shared through ``LORAFLOW_MODEL_CACHE``), in
+in a fresh private ``LORAFLOW_HOME`` (the base model comes from this checkout's prepared cache, which ``tasks.home.model_cache`` falls back to), in
 the order direct, flow, direct, flow (``--pairs``), so that a change in machine load hits both sides alike.
 Nothing is subtracted. The overhead of a pair is ``flow / direct - 1``.
 
@@ -42,10 +42,7 @@ REDUCED = [
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["LORAFLOW_HOME"] = str(home)
-    shared_cache = ROOT / ".loraflow" / "models"
-    if "LORAFLOW_MODEL_CACHE" not in env and shared_cache.is_dir():
-        env["LORAFLOW_MODEL_CACHE"] = str(shared_cache)  # reuse the prepared base model instead of converting again
+    env["LORAFLOW_HOME"] = str(home)  # the base model still comes from this checkout's cache: model_cache() falls back
     return env
 
 

@@ -1,7 +1,7 @@
 """Re-run on unchanged data: the data stages' time on a second ``loraflow prepare`` vs the first, same home.
 
 Runs ``loraflow prepare --config <config>`` twice, back to back, in one fresh private ``LORAFLOW_HOME`` (the
-prepared base model is shared through ``LORAFLOW_MODEL_CACHE``), then reads every stage task's run from that
+prepared base model comes from this checkout's cache, which ``tasks.home.model_cache`` falls back to), then reads every stage task's run from that
 home's Prefect database: its duration is the final state's timestamp minus the task run's creation (Pending)
 time, so a cache hit's key computation (hashing the input file, the stage's code and named files) counts. Also
 prints each whole process's wall time (the CLI start, the embedded Prefect server, the MLflow run), which the
@@ -28,10 +28,7 @@ STAGES = ["ingest", "scrub_pii", "dedup", "validate", "split", "validate_splits"
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["LORAFLOW_HOME"] = str(home)
-    shared_cache = ROOT / ".loraflow" / "models"
-    if "LORAFLOW_MODEL_CACHE" not in env and shared_cache.is_dir():
-        env["LORAFLOW_MODEL_CACHE"] = str(shared_cache)  # reuse the prepared base model instead of converting again
+    env["LORAFLOW_HOME"] = str(home)  # the base model still comes from this checkout's cache: model_cache() falls back
     return env
 
 
