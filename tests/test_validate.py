@@ -20,7 +20,6 @@ from tasks.validate import (
     check_splits,
     load_contract,
     load_labels,
-    pii_found,
     residual_pii,
     text_problems,
     tracking_artifacts,
@@ -31,6 +30,14 @@ from tasks.validate import (
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = {"role": "system", "content": "Route the support ticket to its queue. Reply with the queue only."}
 CANARY = "Zebulon Quixworth-Canary"  # a string that must never reach a GX artifact
+
+
+def pii_found(text: str, patterns: list[str]) -> list[str]:
+    """Which of the contract's pattern kinds the residual-PII rule (the PII stage's engine) finds in ``text``."""
+    from tasks.validate.rules import PATTERN_ENTITIES
+
+    kinds = residual_pii([text], [PATTERN_ENTITIES[p] for p in patterns])[0]
+    return [p for p in patterns if p in kinds]
 
 
 # --------------------------------------------------------------------------------------------- fixtures

@@ -27,7 +27,7 @@ How a run works (DESIGN.md "Contracts compile to Great Expectations"), one modul
 """
 
 from tasks.validate.contract import RULE_CLASSES, RULE_TYPES, Contract, Rule, contract_path, load_contract
-from tasks.validate.derived import Derived, load_tokenizer, pii_found, residual_pii, text_problems
+from tasks.validate.derived import Derived, load_tokenizer, residual_pii, text_problems
 from tasks.validate.errors import STAGE, ContractError, ContractViolation, resolve_path
 from tasks.validate.gx import GxRun, gx_namespace
 from tasks.validate.report import format_rules_table, rules_markdown, tracking_artifacts
@@ -64,7 +64,6 @@ __all__ = [
     "load_labels",
     "load_schema",
     "load_tokenizer",
-    "pii_found",
     "residual_pii",
     "resolve_path",
     "rules_markdown",

@@ -80,14 +80,6 @@ def residual_pii(texts: list[str], entities: list[str] | None = None, pii_cfg=No
     return [found.get(t, []) for t in texts]
 
 
-def pii_found(text: str, patterns: list[str], pii_cfg=None) -> list[str]:
-    """Which of ``patterns`` (short kind names, e.g. ``email``) the PII stage's engine finds in ``text``."""
-    from tasks.validate.rules import PATTERN_ENTITIES
-
-    kinds = residual_pii([text], [PATTERN_ENTITIES[p] for p in patterns], pii_cfg)[0]
-    return [p for p in patterns if p in kinds]
-
-
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str):
     """The base model's tokenizer, loaded once per process (lazily: transformers is heavy to import)."""
