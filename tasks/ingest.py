@@ -39,6 +39,7 @@ from tasks.core import (
 )
 from tasks.identity import keyed_record_id, project_key
 from tasks.messages import ROLES, coerce_messages, messages_problem, text_problem
+from tasks.runner import DaskConfig, TaskRunnerKind
 
 Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
 
@@ -74,6 +75,15 @@ class IngestConfig(StrictModel):
         None,
         description="Prefect Secret block holding the record-id key, for several machines retraining one project "
         "(None: the key file under the loraflow home; see tasks/identity.py).",
+    )
+    task_runner: TaskRunnerKind = Field(
+        "local",
+        description="Where the data stages' per-row work runs: `local` (this process) or `dask` (shards of rows "
+        "as Prefect tasks on prefect-dask's DaskTaskRunner; same outputs, see tasks/runner.py).",
+    )
+    dask: DaskConfig = Field(
+        default_factory=DaskConfig,
+        description="The Dask cluster for `task_runner: dask` (address, workers, shard size).",
     )
 
 
