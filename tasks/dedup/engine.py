@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.progress import progress
+
 from .config import DedupConfig
 from .keys import h64
 from .similarity import similarity
@@ -217,9 +219,11 @@ def _verified_pairs(dec: Decisions, rows: Rows, cfg: DedupConfig) -> tuple[np.nd
     # carries the test row's template and answer, so pairs with a test row skip the number guard.
     strict = cfg.model_copy(update={"number_guard_max_words": 0})
     sims = np.fromiter(
-        (similarity(texts[a], texts[b], strict if rows.is_test[a] or rows.is_test[b] else cfg) for a, b in pairs),
-        dtype=np.float32,
-        count=len(pairs),
+        (
+            similarity(texts[a], texts[b], strict if rows.is_test[a] or rows.is_test[b] else cfg)
+            for a, b in progress(pairs, desc="dedup.verify", unit="pair")
+        ),
+        dtype=np.float32,  # no count=: fromiter would stop before the bar's end and leave it short of 100 %
     )
     good = sims >= cfg.threshold
     pairs, sims = pairs[good], sims[good]

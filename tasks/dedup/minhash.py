@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.progress import progress
+
 from .config import DedupConfig
 from .keys import h64
 
@@ -187,6 +189,7 @@ class Bander:
 
     def __init__(self, cfg: DedupConfig, n_rows: int):
         self.cfg_dict = cfg.model_dump()
+        self.n_rows = n_rows
         self.workers = _n_workers(cfg, n_rows)
         self.pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
@@ -195,6 +198,13 @@ class Bander:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
 
     def map(self, batches: Iterable[tuple[list[str], list[str]]]) -> Iterable[np.ndarray]:
+        """Band keys of each batch, in order, with a ``dedup.minhash`` progress bar over the rows."""
+        with progress(total=self.n_rows, desc="dedup.minhash", unit="row") as bar:
+            for keys in self._map(batches):
+                bar.update(len(keys))
+                yield keys
+
+    def _map(self, batches: Iterable[tuple[list[str], list[str]]]) -> Iterable[np.ndarray]:
         args = ((t, k, self.cfg_dict) for t, k in batches)
         if self.pool is None:
             yield from map(bands_for_texts, args)

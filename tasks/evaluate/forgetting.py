@@ -69,5 +69,7 @@ def forgetting_delta(scorer, candidate_adapter: str, cfg, template: str | None =
     for name, adapter in (("base", None), ("candidate", candidate_adapter)):
         model, ctx = scorer.activate(name, adapter)
         with ctx:
-            _, _, losses[name] = score_all(model, tok, prompts, fulls, 1, cfg.batch_size, generate=False)
+            _, _, losses[name] = score_all(
+                model, tok, prompts, fulls, 1, cfg.batch_size, generate=False, desc=f"forgetting.{name}"
+            )
     return round(losses["candidate"] - losses["base"], 6)

@@ -1,8 +1,9 @@
 """Batched greedy generation and answer loss sharing one prompt prefill per batch.
 
 Prompts are tokenized once, sorted by length (so a batch pads little), left-padded, and prefilled once with the
-KV cache on; free generation, label-constrained generation and the answer loss each continue from that cache.
-``generate`` stops every row at its end token (finished rows only pad) and the batch when all rows are done.
+KV cache on, their common prefix only once for all batches; free generation, label-constrained generation and
+the answer loss each continue from that cache. Every row stops at its end token and leaves the batch
+(:mod:`tasks.evaluate.decoding`).
 """
 
 import copy
@@ -10,6 +11,8 @@ import math
 
 from tasks import cost
 from tasks.core import StageError
+from tasks.evaluate import decoding
+from tasks.progress import progress
 
 
 class LabelTrie:
@@ -78,40 +81,22 @@ def _batches(order: list[int], size: int):
         yield order[i : i + size]
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
+def _texts(tokenizer, rows: list[list[int]]) -> list[str]:
+    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
 
 
-def _decode(tokenizer, out, width: int, end_id: int) -> list[str]:
-    texts = []
-    for row in range(out.shape[0]):
-        new = out[row, width:].tolist()
-        if end_id in new:
-            new = new[: new.index(end_id)]
-        texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    return texts
-
-
-def _loss_on_cache(model, ids, mask, pos, prefill, answers: list[list[int]], pad_id: int) -> tuple[float, int]:
+def _loss_on_cache(model, last, mask, pos, prefill, answers: list[list[int]], pad_id: int) -> tuple[float, int]:
     """Summed cross-entropy of the answer tokens, fed (after the last prompt token) on top of the prompt cache."""
     import torch
 
-    n, alen = ids.shape[0], max(len(a) for a in answers)
+    n, alen = last.shape[0], max(len(a) for a in answers)
     if alen == 0:
         return 0.0, 0
     tail = torch.full((n, alen + 1), pad_id, dtype=torch.long)
     tail_mask = torch.zeros((n, alen + 1), dtype=torch.long)
     labels = torch.full((n, alen), -100, dtype=torch.long)
     for row, a in enumerate(answers):
-        tail[row, 0], tail_mask[row, 0] = ids[row, -1], 1
+        tail[row, 0], tail_mask[row, 0] = last[row, 0], 1
         if a:
             tail[row, 1 : 1 + len(a)] = torch.tensor(a)
             tail_mask[row, 1 : 1 + len(a)] = 1
@@ -148,8 +133,13 @@ def score_all(
     batch_size: int,
     trie: LabelTrie | None = None,
     generate: bool = True,
+    desc: str | None = None,
+    loss: bool = True,
 ) -> tuple[list[str], list[str] | None, float]:
     """Free answers, constrained answers (when ``trie``) and mean answer loss, one prompt prefill per batch.
+
+    The prompts' shared prefix is prefilled once for all batches and finished rows leave their batch
+    (:mod:`tasks.evaluate.decoding`); the answers are greedy ``generate``'s.
 
     Args:
         model: a causal LM (or a PEFT model with the wanted adapter active).
@@ -160,6 +150,8 @@ def score_all(
         batch_size: prompts per batch.
         trie: label trie for the constrained pass (None: no constrained pass).
         generate: False scores the loss only (the forgetting check).
+        desc: a name for a progress bar over the batches (None: no bar).
+        loss: False skips the answer loss (returned as NaN): answers only.
 
     Returns:
         ``(free, constrained, loss)``; ``constrained`` is None without a trie, ``free`` is empty strings when
@@ -174,43 +166,22 @@ def score_all(
     free: list[str] = [""] * len(prompts)
     constrained: list[str] | None = [""] * len(prompts) if trie is not None else None
     total_loss, total_tokens = 0.0, 0
-    gen = {"do_sample": False, "num_beams": 1, "eos_token_id": end_id, "pad_token_id": pad_id}
-    gen |= {"temperature": None, "top_p": None, "top_k": None}
-    for idx in _batches(order, batch_size):
-        ids, mask = _left_pad([prompts[i] for i in idx], pad_id)
-        width = ids.shape[1]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            prefill = model(
-                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True
-            ).past_key_values
-            if generate:
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    past_key_values=copy.deepcopy(prefill),
-                    max_new_tokens=max_new_tokens,
-                    **gen,
-                )
-                cost.add_tokens("generated", int((out[:, width:] != pad_id).sum()))
-                for i, text in zip(idx, _decode(tokenizer, out, width, end_id), strict=True):
-                    free[i] = text
-            if trie is not None:
-
-                def allowed(batch_id, sent, _w=width):
-                    return trie.allowed(sent[_w:].tolist())
-
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    past_key_values=copy.deepcopy(prefill),
-                    max_new_tokens=trie_max(trie),
-                    prefix_allowed_tokens_fn=allowed,
-                    **gen,
-                )
-                cost.add_tokens("generated", int((out[:, width:] != pad_id).sum()))
-                for i, text in zip(idx, _decode(tokenizer, out, width, end_id), strict=True):
-                    constrained[i] = text
-            loss, count = _loss_on_cache(model, ids, mask, pos, prefill, [answers[i] for i in idx], pad_id)
-        total_loss, total_tokens = total_loss + loss, total_tokens + count
+    plen = decoding.common_prefix_length(prompts)
+    shared = decoding.prefix_cache(model, prompts[0][:plen]) if prompts else None
+    batches = list(_batches(order, batch_size))
+    for idx in progress(batches, desc=desc, unit="batch") if desc else batches:
+        cache, last, mask, pos = decoding.prefill_batch(model, [prompts[i][plen:] for i in idx], shared, plen, pad_id)
+        passes = [(free, max_new_tokens, None)] if generate else []
+        if trie is not None:
+            passes.append((constrained, trie_max(trie), trie.allowed))
+        for k, (into, budget, allowed) in enumerate(passes):
+            own = cache if k == len(passes) - 1 and not loss else copy.deepcopy(cache)  # greedy consumes it
+            rows = decoding.greedy(model, own, last, mask, pos, budget, end_id, allowed)
+            cost.add_tokens("generated", sum(len(r) for r in rows))
+            for i, text in zip(idx, _texts(tokenizer, rows), strict=True):
+                into[i] = text
+        if loss:
+            with torch.inference_mode():
+                value, count = _loss_on_cache(model, last, mask, pos, cache, [answers[i] for i in idx], pad_id)
+            total_loss, total_tokens = total_loss + value, total_tokens + count
     return free, constrained, (total_loss / total_tokens if total_tokens else float("nan"))

@@ -241,7 +241,9 @@ def _score_models(scorer: _Scorer, plan, run: _Run, cfg: EvalConfig, template: s
             continue
         model, ctx = scorer.activate(name, adapter)
         with ctx:
-            free, constrained, loss = score_all(model, tok, *texts[shots], run.max_new, cfg.batch_size, trie=trie)
+            free, constrained, loss = score_all(
+                model, tok, *texts[shots], run.max_new, cfg.batch_size, trie=trie, desc=f"eval.{name}"
+            )
         run.add(cfg, name, free, constrained, {"test_loss": float(loss)})
         run.timings[name] = round(time.perf_counter() - t0, 2)
 

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tasks.progress import progress
+
 from . import patterns as P
 from .casing import only_common_words, recase
 from .config import PiiConfig, PiiSpan
@@ -164,8 +166,11 @@ class PiiEngine:
         terms = "|".join(re.escape(a) for a in sorted(cfg.allow_list, key=len, reverse=True) if a)
         self.allow_regex = [rf"^[\s.,;:!?'\"]*(?:{terms})[\s.,;:!?'\"]*$"] if terms else None
 
-    def detect(self, texts: Sequence[str]) -> list[list[PiiSpan]]:
-        """Detect PII spans in each text (offsets into that text), long texts in overlapping chunks."""
+    def detect(self, texts: Sequence[str], desc: str | None = None) -> list[list[PiiSpan]]:
+        """Detect PII spans in each text (offsets into that text), long texts in overlapping chunks.
+
+        With ``desc`` a progress bar of that name counts the pieces as spaCy takes them in.
+        """
         cfg = self.cfg
         pieces: list[str] = []
         owners: list[tuple[int, int]] = []  # (text index, offset of the piece in that text)
@@ -177,7 +182,7 @@ class PiiEngine:
         # Presidio sees the re-cased piece (same offsets); spans are cut from the original text.
         seen = [recase(p) for p in pieces] if cfg.case_robust else pieces
         results = self.batch.analyze_iterator(
-            seen,
+            progress(seen, desc=desc, unit="text") if desc else seen,
             "en",
             batch_size=cfg.batch_size,
             entities=self.entities,
@@ -208,14 +213,15 @@ def get_engine(cfg: PiiConfig | None = None) -> PiiEngine:
     return _engine_for(cfg.analysis_key(), cfg.model_dump_json())
 
 
-def detect_spans(texts: Sequence[str], cfg: PiiConfig | None = None) -> list[list[PiiSpan]]:
+def detect_spans(texts: Sequence[str], cfg: PiiConfig | None = None, desc: str | None = None) -> list[list[PiiSpan]]:
     """Detect PII in each text; spans are offsets into that text, overlaps resolved, in reading order.
 
     Args:
         texts: all the texts to scan, in one call (spaCy batches them; one call per text is ~10x slower).
         cfg: the PII config (None: the defaults); the engine is built once per distinct config.
+        desc: a name for a progress bar over the texts (None: no bar; a long stage gives one).
 
     Returns:
         One list of :class:`PiiSpan` per text, never the detected text itself.
     """
-    return get_engine(cfg).detect(list(texts))
+    return get_engine(cfg).detect(list(texts), desc)

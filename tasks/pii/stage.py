@@ -22,6 +22,7 @@ from tasks.core import (
     run_stage,
 )
 from tasks.messages import ROLES, messages_problem
+from tasks.runner import DaskConfig, map_shards, row_ranges
 
 from .anonymize import Pseudonyms, replace, salt
 from .config import PiiConfig, PiiSpan
@@ -71,6 +72,14 @@ class _Tally:
             self.per_role[role] += 1
             self.per_role_type[f"{role}.{s.entity_type}"] += 1
 
+    def merge(self, other: "_Tally") -> None:
+        self.per_type += other.per_type
+        self.per_role += other.per_role
+        self.per_role_type += other.per_role_type
+        self.touched += other.touched
+        self.tokens += other.tokens
+        self.tokens_replaced += other.tokens_replaced
+
 
 def _detect_by_row(records: pd.DataFrame, rows: list[int], cfg: PiiConfig) -> dict[int, dict[int, list[PiiSpan]]]:
     """Spans by row and message index for every scanned message of ``rows`` (one batched detection call)."""
@@ -83,7 +92,7 @@ def _detect_by_row(records: pd.DataFrame, rows: list[int], cfg: PiiConfig) -> di
     ]
     texts = [records.iloc[row]["messages"][j]["content"] for row, j in where]
     by_row: dict[int, dict[int, list[PiiSpan]]] = {}
-    for (row, j), sp in zip(where, detect_spans(texts, cfg) if texts else [], strict=True):
+    for (row, j), sp in zip(where, detect_spans(texts, cfg, desc=STAGE) if texts else [], strict=True):
         by_row.setdefault(row, {})[j] = sp
     if "PERSON" in cfg.entities:
         for row, found in by_row.items():
@@ -165,43 +174,86 @@ def scrub_with_spans(
     """
     if len(records) == 0:
         return StageOutcome(kept=empty_records(), quarantined=empty_quarantine(), report=_empty_report(cfg)), {}
+    part = scrub_part(records, cfg)
+    return merge_parts([part], cfg), part.spans
+
+
+@dataclass
+class ScrubPart:
+    """One shard's scrub, in its rows' order: what :func:`merge_parts` needs (scrubbed rows only, no raw text)."""
+
+    kept: list[dict[str, Any]]
+    q_bad: pd.DataFrame
+    q_drop: pd.DataFrame
+    tally: _Tally
+    n_scanned: int
+    spans: dict[tuple[int, int], list[PiiSpan]]
+
+
+def scrub_part(records: pd.DataFrame, cfg: PiiConfig) -> ScrubPart:
+    """Scrub one shard of records (every record is scrubbed on its own, so shards are independent)."""
     records = records.reset_index(drop=True)
     problems = {row: p for row, msgs in enumerate(records["messages"]) if (p := _messages_problem(msgs))}
     good = [row for row in range(len(records)) if row not in problems]
     by_row = _detect_by_row(records, good, cfg)
     key = salt(cfg) if "hash" in {cfg.default_operator, *cfg.operators.values()} else None
     tally = _Tally()
-    kept_rows, drop_idx, drop_details, drop_records = [], [], [], []
+    kept_rows, drop_details, drop_records = [], [], []
     for row in good:
         new, drop_types = _scrub_record(records.iloc[row], by_row.get(row, {}), cfg, key, tally)
         if drop_types:
-            drop_idx.append(row)
             drop_details.append({"entity_types": dict(sorted(drop_types.items()))})
             drop_records.append(new)
         else:
             kept_rows.append(new)
 
-    kept = pd.DataFrame(kept_rows, columns=empty_records().columns) if kept_rows else empty_records()
     bad_idx = sorted(problems)
     q_bad = quarantine_rows(STAGE, records.iloc[bad_idx], [problems[r][0] for r in bad_idx],
                             [problems[r][1] for r in bad_idx], include_record=False)  # fmt: skip
     q_drop = quarantine_rows(STAGE, pd.DataFrame(drop_records), "pii_drop_row", drop_details)
-    parts = [q for q in (q_bad, q_drop) if len(q)]
-    quarantined = pd.concat(parts, ignore_index=True) if parts else empty_quarantine()
     n_scanned = sum(len(found) for found in by_row.values())
-    report = _report(cfg, tally, len(drop_idx), len(bad_idx), n_scanned)
+    spans = {(row, j): sp for row, found in sorted(by_row.items()) for j, sp in sorted(found.items())}
+    return ScrubPart(kept_rows, q_bad, q_drop, tally, n_scanned, spans)
+
+
+def merge_parts(parts: list[ScrubPart], cfg: PiiConfig) -> StageOutcome:
+    """The stage's outcome from its shards, in shard order: kept rows, then every malformed row, then every
+    policy drop (the order one shard over all rows gives), counts summed."""
+    kept_rows = [r for p in parts for r in p.kept]
+    kept = pd.DataFrame(kept_rows, columns=empty_records().columns) if kept_rows else empty_records()
+    frames = [q for q in [p.q_bad for p in parts] + [p.q_drop for p in parts] if len(q)]
+    quarantined = pd.concat(frames, ignore_index=True) if frames else empty_quarantine()
+    tally = _Tally()
+    for p in parts:
+        tally.merge(p.tally)
+    n_dropped, n_bad = sum(len(p.q_drop) for p in parts), sum(len(p.q_bad) for p in parts)
+    report = _report(cfg, tally, n_dropped, n_bad, sum(p.n_scanned for p in parts))
     metrics = {
         "pii.entities_found": float(report["entities_found"]),
         "pii.records_touched": float(tally.touched),
-        "pii.records_dropped_by_policy": float(len(drop_idx)),
+        "pii.records_dropped_by_policy": float(n_dropped),
         "pii.data_destroyed_share": float(report["data_destroyed_share"]),
         **{f"pii.entities.{t}": float(n) for t, n in sorted(tally.per_type.items())},
     }
-    spans = {(row, j): sp for row, found in sorted(by_row.items()) for j, sp in sorted(found.items())}
-    return StageOutcome(kept=kept, quarantined=quarantined, report=report, metrics=metrics), spans
+    return StageOutcome(kept=kept, quarantined=quarantined, report=report, metrics=metrics)
 
 
-@task(name="scrub_pii", cache_policy=DATA_STAGE_CACHE, persist_result=True)
-def scrub_pii_task(ref: DatasetRef, cfg: PiiConfig, out_dir: str) -> StageResult:
-    """Prefect wrapper: scrub ``ref`` and write ``<out_dir>/pii/pii-<digest>.parquet`` plus report."""
-    return run_stage(STAGE, scrub, ref, cfg, out_dir)
+def scrub_sharded(records: pd.DataFrame, cfg: PiiConfig, runner: DaskConfig | None = None) -> StageOutcome:
+    """:func:`scrub` in shards of ``runner.shard_rows`` records on Dask (None: in this process, one shard).
+
+    Each shard is scrubbed by :func:`scrub_part` on a worker and the parts merged here in input order, so the
+    outcome equals :func:`scrub`'s; a worker builds the engine on its first shard and keeps it for the rest.
+    """
+    if runner is None or len(records) == 0:
+        return scrub(records, cfg)
+    records = records.reset_index(drop=True)
+    shards = ({"records": records.iloc[a:b], "cfg": cfg} for a, b in row_ranges(len(records), runner.shard_rows))
+    return merge_parts(list(map_shards(scrub_part, shards, runner, name="scrub_pii_shard")), cfg)
+
+
+# The runner decides where the work runs, never what comes out: it is not part of the cache key.
+@task(name="scrub_pii", cache_policy=DATA_STAGE_CACHE - "runner", persist_result=True)
+def scrub_pii_task(ref: DatasetRef, cfg: PiiConfig, out_dir: str, runner: DaskConfig | None = None) -> StageResult:
+    """Prefect wrapper: scrub ``ref`` (in shards on Dask when ``runner`` is given) and write
+    ``<out_dir>/pii/pii-<digest>.parquet`` plus report."""
+    return run_stage(STAGE, scrub_sharded, ref, cfg, out_dir, runner=runner)

@@ -59,13 +59,16 @@ def fields_problem(msgs: Any) -> str | None:
     return None if problem is None else _FIELD_CODES.get(problem.reason, problem.reason)
 
 
-def residual_pii(texts: list[str], entities: list[str] | None = None, pii_cfg=None) -> list[list[str]]:
+def residual_pii(
+    texts: list[str], entities: list[str] | None = None, pii_cfg=None, desc: str | None = None
+) -> list[list[str]]:
     """The kinds of PII the PII stage's own engine still finds in each text (kind names only, never the match).
 
     Args:
         texts: the texts to check (each distinct text is analysed once, in batches).
         entities: the entity types that count (None: every type ``pii_cfg`` scrubs).
         pii_cfg: the PII stage's config (:class:`tasks.pii.PiiConfig`; None: its defaults).
+        desc: a name for a progress bar over the distinct texts (None: none).
     """
     from tasks.pii import PiiConfig, detect_spans
 
@@ -73,7 +76,7 @@ def residual_pii(texts: list[str], entities: list[str] | None = None, pii_cfg=No
     wanted = set(cfg.entities if entities is None else entities)
     todo = sorted({t for t in texts if _ALNUM.search(t)})
     found: dict[str, list[str]] = {}
-    for text, spans in zip(todo, detect_spans(todo, cfg), strict=True):
+    for text, spans in zip(todo, detect_spans(todo, cfg, desc), strict=True):
         kinds = sorted({PII_KINDS.get(s.entity_type, s.entity_type.lower()) for s in spans if s.entity_type in wanted})
         if kinds:
             found[text] = kinds
@@ -311,7 +314,7 @@ class Derived:
             )
         flat = [t for texts in per_row for t in texts]
         t0 = time.perf_counter()
-        kinds = iter(residual_pii(flat, entities, self.pii_cfg))
+        kinds = iter(residual_pii(flat, entities, self.pii_cfg, desc="validate.pii"))
         self.stats["residual_pii_s"] = round(time.perf_counter() - t0, 3)
         self.stats["residual_pii_texts"] = len(set(flat))
         out = []

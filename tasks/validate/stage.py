@@ -31,6 +31,7 @@ from tasks.core import (
     read_records,
 )
 from tasks.pii import PiiConfig
+from tasks.progress import progress
 from tasks.split import Splits
 from tasks.validate.contract import Contract, contract_path, load_contract
 from tasks.validate.dataset_rules import MinRowsRule, SplitSizesRule
@@ -83,7 +84,7 @@ def derive_table(d: Derived, contract: Contract, rules: list[BaseRule], ns) -> t
     """The GX table (id + each rule's derived column) and each rule's expectation, by rule name."""
     columns: dict[str, list] = {"id": d.ids}
     expectations = {}
-    for r in rules:
+    for r in progress(rules, desc="validate.columns", unit="rule"):
         kw = {"description": r.description, "meta": {"rule": r.key, "severity": r.severity}}
         values, expectations[r.key] = r.compile(d, contract, ns, kw)
         if values is not None:
@@ -106,7 +107,7 @@ class _Phases:
 
     def all(self, rules: list[BaseRule]) -> None:
         alive = pd.Series(True, index=self.table.index)
-        for phase in (1, 2, 3):
+        for phase in progress((1, 2, 3), desc="validate.gx", unit="phase"):
             in_phase = [r for r in rules if r.phase == phase]
             if in_phase:
                 self.one(phase, in_phase, self.table[alive].reset_index(drop=False))
