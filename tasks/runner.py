@@ -81,7 +81,7 @@ def data_cluster(kind: TaskRunnerKind, cfg: DaskConfig) -> Iterator[DaskConfig |
             threads_per_worker=1,
             processes=True,
             memory_limit=cfg.memory_limit,
-            dashboard_address=None,  # several runs on one machine must not fight over :8787
+            dashboard_address=":0",  # a free port: several runs on one machine must not fight over :8787
         )
     try:
         yield cfg.model_copy(update={"address": cluster.scheduler_address})
@@ -111,7 +111,7 @@ def _dask_runner(cfg: DaskConfig):
             runner = DaskTaskRunner(address=cfg.address)
         else:
             kwargs = {"n_workers": workers_for(cfg), "threads_per_worker": 1, "processes": True,
-                      "memory_limit": cfg.memory_limit, "dashboard_address": None}  # fmt: skip
+                      "memory_limit": cfg.memory_limit, "dashboard_address": ":0"}  # fmt: skip
             runner = DaskTaskRunner(cluster_kwargs=kwargs)
         yield stack.enter_context(runner)
 

@@ -185,12 +185,14 @@ def _n_workers(cfg: DedupConfig, n_rows: int) -> int:
 
 
 class Bander:
-    """Computes band keys batch by batch, in-process or in a process pool (forkserver: safe under Prefect)."""
+    """Computes band keys batch by batch: in-process, in a process pool (forkserver: safe under Prefect), or one
+    Prefect task per batch on Dask when given ``runner`` (a :class:`tasks.runner.DaskConfig`)."""
 
-    def __init__(self, cfg: DedupConfig, n_rows: int):
+    def __init__(self, cfg: DedupConfig, n_rows: int, runner=None):
         self.cfg_dict = cfg.model_dump()
+        self.runner = runner
         self.n_rows = n_rows
-        self.workers = _n_workers(cfg, n_rows)
+        self.workers = 1 if runner is not None else _n_workers(cfg, n_rows)
         self.pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
             import multiprocessing as mp
@@ -206,6 +208,11 @@ class Bander:
 
     def _map(self, batches: Iterable[tuple[list[str], list[str]]]) -> Iterable[np.ndarray]:
         args = ((t, k, self.cfg_dict) for t, k in batches)
+        if self.runner is not None:
+            from tasks.runner import map_shards
+
+            yield from map_shards(bands_for_texts, ({"args": a} for a in args), self.runner, name="dedup_bands_shard")
+            return
         if self.pool is None:
             yield from map(bands_for_texts, args)
             return

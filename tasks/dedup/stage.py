@@ -9,6 +9,7 @@ from prefect import task
 
 from tasks.caching import DATA_STAGE_CACHE
 from tasks.core import DatasetRef, StageOutcome, StageResult, finish_stage, quarantine_rows, read_records
+from tasks.runner import DaskConfig
 from tasks.split import SplitConfig, test_mask
 
 from .config import DedupConfig
@@ -24,12 +25,13 @@ def long_text(text: str, cfg: DedupConfig) -> bool:
     return text.count(" ") + 1 >= cfg.ngram_overlap_min_words
 
 
-def band_keys_of(texts: list[str], cfg: DedupConfig) -> np.ndarray | None:
-    """LSH band keys of every text (None when near-dup detection is off or there is nothing to compare)."""
+def band_keys_of(texts: list[str], cfg: DedupConfig, runner: DaskConfig | None = None) -> np.ndarray | None:
+    """LSH band keys of every text (None when near-dup detection is off or there is nothing to compare); with
+    ``runner`` each batch of ``cfg.batch_rows`` texts is one Prefect task on Dask."""
     n = len(texts)
     if not cfg.near_duplicates or n <= 1:
         return None
-    bander = Bander(cfg, n)
+    bander = Bander(cfg, n, runner)
     try:
         step = cfg.batch_rows
         batches = (
@@ -41,7 +43,9 @@ def band_keys_of(texts: list[str], cfg: DedupConfig) -> np.ndarray | None:
     return np.concatenate(parts) if parts else None
 
 
-def deduplicate(records: pd.DataFrame, cfg: DedupConfig, is_test: pd.Series | None = None) -> StageOutcome:
+def deduplicate(
+    records: pd.DataFrame, cfg: DedupConfig, is_test: pd.Series | None = None, runner: DaskConfig | None = None
+) -> StageOutcome:
     """Remove exact and near duplicates and test leaks from a records frame.
 
     Args:
@@ -49,6 +53,7 @@ def deduplicate(records: pd.DataFrame, cfg: DedupConfig, is_test: pd.Series | No
         cfg: the stage config.
         is_test: index-aligned booleans marking the frozen test rows (``tasks.split.test_mask``); None: no test
             set, so no decontamination.
+        runner: where the MinHash signatures are computed (None: here; see :mod:`tasks.runner`).
 
     Returns:
         The kept records (input order) and one quarantine row per dropped record, whose ``detail`` holds the
@@ -66,7 +71,7 @@ def deduplicate(records: pd.DataFrame, cfg: DedupConfig, is_test: pd.Series | No
         prompt=f.prompt,
         target=f.target,
         empty=f.empty,
-        bands=band_keys_of(f.texts, cfg),
+        bands=band_keys_of(f.texts, cfg, runner),
         rank=keep_rank(test, [str(s) for s in records["source"]], created, list(ids), f.raw, cfg),
         is_test=test,
         created_ns_order=newest_order(created),
@@ -99,8 +104,11 @@ def detail(dec: Decisions, i: int, ids: np.ndarray) -> dict[str, Any]:
     return d
 
 
-@task(name="dedup", cache_policy=DATA_STAGE_CACHE, persist_result=True)
-def dedup_task(ref: DatasetRef, cfg: DedupConfig, split_cfg: SplitConfig, out_dir: str) -> StageResult:
+# The runner decides where signatures are computed, never the result: it is not part of the cache key.
+@task(name="dedup", cache_policy=DATA_STAGE_CACHE - "runner", persist_result=True)
+def dedup_task(
+    ref: DatasetRef, cfg: DedupConfig, split_cfg: SplitConfig, out_dir: str, runner: DaskConfig | None = None
+) -> StageResult:
     """Dedup + decontaminate ``ref``; the frozen test rows come from the split config (stable id hash).
 
     From ``cfg.stream_min_rows`` rows on, the Parquet file is streamed (:func:`tasks.dedup.dedup_parquet`)
@@ -109,8 +117,8 @@ def dedup_task(ref: DatasetRef, cfg: DedupConfig, split_cfg: SplitConfig, out_di
     if ref.rows >= cfg.stream_min_rows:
         from .stream import dedup_parquet
 
-        return dedup_parquet(ref.uri, cfg, Path(out_dir) / STAGE, split_cfg)
+        return dedup_parquet(ref.uri, cfg, Path(out_dir) / STAGE, split_cfg, runner)
     records = read_records(ref)
     is_test = test_mask(records, split_cfg) if len(records) else None
-    outcome = deduplicate(records, cfg, is_test=is_test)
+    outcome = deduplicate(records, cfg, is_test=is_test, runner=runner)
     return finish_stage(STAGE, len(records), outcome, Path(out_dir) / STAGE)

@@ -86,14 +86,14 @@ class _Scan:
             yield texts, [shingle_kind(t, cfg) for t in texts]
 
 
-def _scan(src: str, cfg: DedupConfig, n: int) -> tuple[_Scan, np.ndarray | None]:
+def _scan(src: str, cfg: DedupConfig, n: int, runner=None) -> tuple[_Scan, np.ndarray | None]:
     """Pass 1: keys of every row and, when near duplicates are on, their LSH band keys."""
     scan = _Scan(n)
     if not cfg.near_duplicates:
         for _ in scan.batches(src, cfg):
             pass
         return scan, None
-    bander = Bander(cfg, n)
+    bander = Bander(cfg, n, runner)
     try:
         parts = list(bander.map(scan.batches(src, cfg)))
     finally:
@@ -148,19 +148,20 @@ def _kept(src: str, dec: Decisions, batch_rows: int) -> Iterator[pd.DataFrame]:
 
 
 def dedup_parquet(
-    src: str | Path, cfg: DedupConfig, out_dir: str | Path, split_cfg: SplitConfig | None = None
+    src: str | Path, cfg: DedupConfig, out_dir: str | Path, split_cfg: SplitConfig | None = None, runner=None
 ) -> StageResult:
     """Dedup a records Parquet file without holding its texts in memory; same decisions as :func:`deduplicate`.
 
     Outputs, counts and report are :func:`tasks.core.finish_stage`'s (``dedup-<digest>.parquet``,
-    ``.quarantine.parquet``, ``.report.json``).
+    ``.quarantine.parquet``, ``.report.json``). ``runner`` (a :class:`tasks.runner.DaskConfig`) computes the
+    MinHash signatures batch by batch on Dask.
     """
     import pyarrow.parquet as pq
 
     src = str(src)
     n = pq.ParquetFile(src).metadata.num_rows
     test = _test_rows(src, n, cfg, split_cfg)
-    scan, bands = _scan(src, cfg, n)
+    scan, bands = _scan(src, cfg, n, runner)
     rows = Rows(
         exact=scan.exact,
         prompt=scan.prompt,

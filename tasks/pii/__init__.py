@@ -36,10 +36,10 @@ them. Importing this package stays light: Presidio and spaCy load on the first d
 
 from .anonymize import Pseudonyms as _Pseudonyms
 from .config import DEFAULT_ENTITIES, DEFAULT_PHONE_REGIONS, PiiConfig, PiiSpan
-from .engine import PiiEngine, detect_spans, get_engine
+from .engine import PiiEngine, detect_spans, detect_spans_sharded, get_engine
 from .leaks import find_leaks
 from .patterns import iban_ok
-from .stage import STAGE, scrub, scrub_pii_task, scrub_with_spans
+from .stage import STAGE, scrub, scrub_pii_task, scrub_sharded, scrub_with_spans
 
 __all__ = [
     "DEFAULT_ENTITIES",
@@ -50,10 +50,12 @@ __all__ = [
     "PiiSpan",
     "_Pseudonyms",
     "detect_spans",
+    "detect_spans_sharded",
     "find_leaks",
     "get_engine",
     "iban_ok",
     "scrub",
     "scrub_pii_task",
+    "scrub_sharded",
     "scrub_with_spans",
 ]

@@ -225,3 +225,17 @@ def detect_spans(texts: Sequence[str], cfg: PiiConfig | None = None, desc: str |
         One list of :class:`PiiSpan` per text, never the detected text itself.
     """
     return get_engine(cfg).detect(list(texts), desc)
+
+
+def detect_spans_sharded(
+    texts: Sequence[str], cfg: PiiConfig | None = None, runner=None, desc: str | None = None
+) -> list[list[PiiSpan]]:
+    """:func:`detect_spans` in shards of ``runner.shard_rows`` texts on Dask, results in order (``runner``, a
+    :class:`tasks.runner.DaskConfig`; None: :func:`detect_spans` here). Each worker builds its engine once."""
+    if runner is None:
+        return detect_spans(texts, cfg, desc)
+    from tasks.runner import map_shards, row_ranges
+
+    texts = list(texts)
+    shards = ({"texts": texts[a:b], "cfg": cfg} for a, b in row_ranges(len(texts), runner.shard_rows))
+    return [spans for part in map_shards(detect_spans, shards, runner, name="pii_detect_shard") for spans in part]

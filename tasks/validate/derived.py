@@ -60,7 +60,7 @@ def fields_problem(msgs: Any) -> str | None:
 
 
 def residual_pii(
-    texts: list[str], entities: list[str] | None = None, pii_cfg=None, desc: str | None = None
+    texts: list[str], entities: list[str] | None = None, pii_cfg=None, desc: str | None = None, runner=None
 ) -> list[list[str]]:
     """The kinds of PII the PII stage's own engine still finds in each text (kind names only, never the match).
 
@@ -69,14 +69,15 @@ def residual_pii(
         entities: the entity types that count (None: every type ``pii_cfg`` scrubs).
         pii_cfg: the PII stage's config (:class:`tasks.pii.PiiConfig`; None: its defaults).
         desc: a name for a progress bar over the distinct texts (None: none).
+        runner: a :class:`tasks.runner.DaskConfig` to scan the texts in shards on Dask (None: here).
     """
-    from tasks.pii import PiiConfig, detect_spans
+    from tasks.pii import PiiConfig, detect_spans_sharded
 
     cfg = pii_cfg or PiiConfig()
     wanted = set(cfg.entities if entities is None else entities)
     todo = sorted({t for t in texts if _ALNUM.search(t)})
     found: dict[str, list[str]] = {}
-    for text, spans in zip(todo, detect_spans(todo, cfg, desc), strict=True):
+    for text, spans in zip(todo, detect_spans_sharded(todo, cfg, runner, desc), strict=True):
         kinds = sorted({PII_KINDS.get(s.entity_type, s.entity_type.lower()) for s in spans if s.entity_type in wanted})
         if kinds:
             found[text] = kinds
@@ -114,6 +115,7 @@ class Derived:
         token_batch_size: texts per tokenizer call.
         pii_cfg: the PII stage's config, for the residual-PII check.
         token_rules: who needs the tokenizer, for the error when none is given ("Data contract X: rule(s) Y").
+        runner: where the residual-PII scan runs (a :class:`tasks.runner.DaskConfig`; None: here).
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class Derived:
         token_batch_size: int = 2048,
         pii_cfg=None,
         token_rules: str = "the data contract's token-length rules",
+        runner=None,
     ):
         self.records = records
         self.token_rules = token_rules
@@ -131,6 +134,7 @@ class Derived:
         self.tokenizer = tokenizer
         self.token_batch_size = token_batch_size
         self.pii_cfg = pii_cfg
+        self.runner = runner
         self.ids = records["id"].astype(str).tolist()
         self.msgs = [coerce_messages(v) for v in records["messages"]]
         self._cache: dict[str, list] = {"fields": [fields_problem(m) for m in self.msgs]}
@@ -314,7 +318,7 @@ class Derived:
             )
         flat = [t for texts in per_row for t in texts]
         t0 = time.perf_counter()
-        kinds = iter(residual_pii(flat, entities, self.pii_cfg, desc="validate.pii"))
+        kinds = iter(residual_pii(flat, entities, self.pii_cfg, desc="validate.pii", runner=self.runner))
         self.stats["residual_pii_s"] = round(time.perf_counter() - t0, 3)
         self.stats["residual_pii_texts"] = len(set(flat))
         out = []

@@ -32,6 +32,7 @@ from tasks.core import (
 )
 from tasks.pii import PiiConfig
 from tasks.progress import progress
+from tasks.runner import DaskConfig
 from tasks.split import Splits
 from tasks.validate.contract import Contract, contract_path, load_contract
 from tasks.validate.dataset_rules import MinRowsRule, SplitSizesRule
@@ -258,6 +259,7 @@ def validate(
     tokenizer: str | None = None,
     artifacts_dir: str | Path | None = None,
     pii: PiiConfig | None = None,
+    runner: DaskConfig | None = None,
 ) -> StageOutcome:
     """Check ``records`` against the contract named in ``cfg``; quarantine, warn or block rule by rule.
 
@@ -267,6 +269,7 @@ def validate(
         tokenizer: base model folder or id whose tokenizer counts tokens (needed by token-length rules).
         artifacts_dir: where GX's validation results (JSON) and Data Docs (HTML) go; None writes no files.
         pii: the PII stage's config, whose engine the ``no_residual_pii`` rule uses (None: its defaults).
+        runner: where that rule's PII scan runs (a Dask config: in shards on Dask; None: here).
 
     Returns:
         The outcome: kept rows, quarantined rows (reason = rule name), and a report with ``rules`` (the table
@@ -291,6 +294,7 @@ def validate(
         cfg.token_batch_size,
         pii,
         token_rules=f"Data contract {contract.path}: rule(s) {', '.join(token_rules)}",
+        runner=runner,
     )
     run = GxRun(docs_dir)
     table, expectations = derive_table(d, contract, rules, run.ns)
@@ -351,15 +355,21 @@ def _run_logger():
         return log
 
 
-@task(name="validate", cache_policy=VALIDATE_CACHE, persist_result=True)
+# The runner decides where the PII scan runs, never the result: it is not part of the cache key.
+@task(name="validate", cache_policy=VALIDATE_CACHE - "runner", persist_result=True)
 def validate_task(
-    ref: DatasetRef, cfg: ValidateConfig, tokenizer: str | None, out_dir: str, pii: PiiConfig | None = None
+    ref: DatasetRef,
+    cfg: ValidateConfig,
+    tokenizer: str | None,
+    out_dir: str,
+    pii: PiiConfig | None = None,
+    runner: DaskConfig | None = None,
 ) -> StageResult:
     """Prefect wrapper: validate ``ref``; on a blocking rule, write the report first, then fail the task."""
     records = read_records(ref)
     stage_dir = Path(out_dir) / STAGE
     try:
-        outcome = validate(records, cfg, tokenizer, Path(out_dir) / STAGE / f"gx-{ref.sha256[:12]}", pii)
+        outcome = validate(records, cfg, tokenizer, Path(out_dir) / STAGE / f"gx-{ref.sha256[:12]}", pii, runner)
     except ContractViolation as e:
         path = stage_dir / f"{STAGE}-{ref.sha256[:12]}.blocked.report.json"
         write_json(path, {"stage": STAGE, "blocked": True, **e.report})
