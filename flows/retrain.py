@@ -27,6 +27,7 @@ from tasks.ingest import ingest_task
 from tasks.lineage import log_lineage
 from tasks.pii import scrub_pii_task
 from tasks.register import current_champion, register_task
+from tasks.runner import data_cluster
 from tasks.split import split_task
 from tasks.summary import retrain_markdown
 from tasks.testset import log_test_set, record_test_set, tag_version, write_plan
@@ -66,21 +67,24 @@ def _open_run(cfg: RetrainConfig, params: RetrainParams, base) -> str:
     return run_id
 
 
-def _clean_data(cfg: RetrainConfig, base_path: str, out_dir: str, run_id: str) -> list[StageResult]:
-    """ingest → scrub_pii → dedup → validate; the raw ingest output is deleted as soon as it is scrubbed."""
+def _clean_data(cfg: RetrainConfig, base_path: str, out_dir: str, run_id: str, runner=None) -> list[StageResult]:
+    """ingest → scrub_pii → dedup → validate; the raw ingest output is deleted as soon as it is scrubbed.
+
+    ``runner`` (``data.task_runner: dask``) runs the per-row work of the last three in shards on one Dask cluster.
+    """
     ingested = ingest_task(cfg.data, os.getcwd(), out_dir, str(tmp_root()))
     _log_stage(run_id, ingested)
     try:
-        scrubbed = scrub_pii_task(ingested.data, cfg.pii, out_dir)
+        scrubbed = scrub_pii_task(ingested.data, cfg.pii, out_dir, runner)
     finally:
         discard(ingested.data)
     _log_stage(run_id, scrubbed)
     # The frozen test set decides dedup's test-leak check and the split: plan it once, from the recorded state.
     cfg.split = cfg.split.model_copy(update={"plan": write_plan(scrubbed.data, cfg.split, cfg.name, out_dir)})
-    deduped = dedup_task(scrubbed.data, cfg.dedup, cfg.split, out_dir)
+    deduped = dedup_task(scrubbed.data, cfg.dedup, cfg.split, out_dir, runner)
     _log_stage(run_id, deduped)
     try:
-        validated = validate_task(deduped.data, cfg.validate_, base_path, out_dir, pii=cfg.pii)
+        validated = validate_task(deduped.data, cfg.validate_, base_path, out_dir, pii=cfg.pii, runner=runner)
     except ContractViolation as e:  # a block rule: keep the evidence in the run, then stop before training
         tracking.log_validation(run_id, e.report)
         if e.report_uri:
@@ -157,7 +161,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
     run_id = _open_run(cfg, params, base)
     status = "FAILED"
     try:
-        stages = _clean_data(cfg, base.path, out_dir, run_id)
+        with data_cluster(cfg.data.task_runner, cfg.data.dask) as runner:  # None for local; one cluster for dask
+            stages = _clean_data(cfg, base.path, out_dir, run_id, runner)
         splits = _split(cfg, stages[-1], out_dir, run_id)
         log_lineage(run_id, stages, splits.assignment)
         counts = {r.stage: dict(r.counts) for r in stages}
