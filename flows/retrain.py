@@ -18,6 +18,7 @@ from flows.backfill import backfill_feedback
 from flows.config import RetrainConfig, flatten, resolve_config
 from flows.params import RetrainParams
 from tasks import cost, tracking
+from tasks.approval_gate import pending_approval, resume_approval, with_approval
 from tasks.core import StageResult, discard, format_counts
 from tasks.dedup import dedup_task
 from tasks.drift import log_drift
@@ -156,6 +157,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
     if params.feedback_start and params.feedback_end:
         backfill_feedback(params.feedback_start, params.feedback_end, config=params.config)
     cfg = resolve_config(params.config, params.as_overrides(), params.sources)
+    resumed = pending_approval(cfg.name, str(runtime.flow_run.id or ""))
+    if resumed is not None:  # re-started after its approval suspension: straight to the decision, no stage again
+        return resume_approval(cfg.register_, resumed)
     base = resolve_base_model(cfg.train.base_model)
     out_dir = str(data_root() / cfg.name)
     run_id = _open_run(cfg, params, base)
@@ -199,8 +203,11 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa:
             description="loraflow retrain summary",
         )
         status = "FINISHED"
-        return {"mlflow_run_id": run_id, "model_name": registration.model_name, "version": registration.version,
-                "aliases": list(registration.aliases), "promoted": registration.promoted,
-                "eval": evaluation.metrics, "counts": counts}  # fmt: skip
+        result = {"mlflow_run_id": run_id, "model_name": registration.model_name, "version": registration.version,
+                  "aliases": list(registration.aliases), "promoted": registration.promoted,
+                  "eval": evaluation.metrics, "counts": counts}  # fmt: skip
     finally:
         tracking.end_run(run_id, status)
+    if registration.awaiting_approval:  # the gate passed: the owner decides through the Prefect UI's form
+        result = with_approval(result, cfg.register_, registration, evaluation)
+    return result

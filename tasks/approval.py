@@ -64,13 +64,21 @@ def _move(client, model: str, version: str, alias: str, action: str, by: str, re
     return previous
 
 
-def decide(model: str, version: str, reviewer: str, reason: str, approve: bool = True, alias: str = "champion"):
+ANY_CHAMPION = object()
+
+
+def decide(model: str, version: str, reviewer: str, reason: str, approve: bool = True, alias: str = "champion",
+           expected_champion: "str | None | object" = ANY_CHAMPION):  # fmt: skip
     """Approve (``champion`` moves to the version) or reject (reason tagged, alias untouched).
+
+    Args:
+        expected_champion: compare-and-set: the champion the version was evaluated against (None: none); when
+            the champion is another version by now, an approval is recorded as ``stale`` and nothing moves.
 
     Returns:
         ``{"model", "version", "decision", "previous_champion"}``.
     """
-    from tasks.register import champion_lock
+    from tasks.register import champion_lock, champion_moved
 
     if not reviewer.strip() or not reason.strip():
         raise StageError("approve: --reviewer and --reason must not be empty.")
@@ -78,10 +86,14 @@ def decide(model: str, version: str, reviewer: str, reason: str, approve: bool =
     _version(client, model, version)
     decision = "approved" if approve else "rejected"
     with champion_lock(model):
+        now = _champion(client, model, alias)
+        if approve and expected_champion is not ANY_CHAMPION and expected_champion != now:
+            approve, decision = False, "stale"
+            reason = f"{reason} ({champion_moved(expected_champion, now)})"
         if approve:
             previous = _move(client, model, str(version), alias, "approval", reviewer, reason)
         else:
-            previous = _champion(client, model, alias)
+            previous = now
             for k, v in {"by": reviewer, "reason": reason, "at": _now()}.items():
                 client.set_model_version_tag(model, str(version), f"approval.{k}", v[:4900])
         client.set_model_version_tag(model, str(version), "approval", decision)

@@ -40,6 +40,17 @@ class RegisterConfig(GateConfig):
     challenger_alias: str = Field("challenger", description="Alias every new candidate version gets.")
     champion_alias: str = Field("champion", description="Alias of the version in service; moved only by the gate.")
     artifact_path: str = Field("adapter", description="Run artifact folder the adapter is logged under.")
+    require_approval: bool = Field(
+        False,
+        description="Once the gate passes, suspend the flow run with a scorecard and an approval form in the "
+        "Prefect UI; champion moves only when an owner approves (reject or timeout: stays challenger).",
+    )
+    approval_timeout_hours: float = Field(
+        168.0,
+        gt=0.0,
+        description="How long a run waits for the owner's decision (default 7 days); then it stays challenger "
+        "with a timeout reason.",
+    )
 
 
 class ChampionInfo(BaseModel):
@@ -62,6 +73,7 @@ class Registration(BaseModel):
     reasons: list[str]
     previous_champion: str | None = None
     source: str
+    awaiting_approval: bool = False
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -250,7 +262,11 @@ def _create_version(client, name, run_id, source, train, evaluation, cfg, datase
     test_digest = _test_digest(evaluation)
     if test_digest:
         version_tags["test_dataset_sha256"] = test_digest
-    version_tags["decision"] = "promoted" if promote else "not_promoted"
+    awaiting = promote and cfg.require_approval  # the gate passed; an owner decides (tasks.approval_gate)
+    if awaiting:
+        promote = False
+        reasons = [*reasons, "gate passed: champion moves only when an owner approves (register.require_approval)"]
+    version_tags["decision"] = "awaiting_approval" if awaiting else "promoted" if promote else "not_promoted"
     version_tags["loraflow.compared_with_champion"] = compared or "none"
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
     digests = {"train": dataset_digest or "", "test": test_digest or ""}
@@ -272,6 +288,7 @@ def _create_version(client, name, run_id, source, train, evaluation, cfg, datase
         "model_name": name,
         "version": version,
         "promoted": promote,
+        "awaiting_approval": awaiting,
         "aliases": aliases,
         "previous_champion": prev_version,
         "gate_metric": cfg.gate_metric,
@@ -280,7 +297,7 @@ def _create_version(client, name, run_id, source, train, evaluation, cfg, datase
         "intervals": evaluation.intervals,  # candidate − each other model, paired bootstrap (tasks.gate)
         "forgetting": evaluation.forgetting,
     }
-    client.set_tag(run_id, "loraflow.register.decision", "promoted" if promote else "not_promoted")
+    client.set_tag(run_id, "loraflow.register.decision", version_tags["decision"])
     client.set_tag(run_id, "loraflow.register.version", version)
     client.set_tag(run_id, "loraflow.register.compared_with_champion", compared or "none")
     client.set_tag(run_id, "loraflow.register.reasons", " | ".join(reasons)[:4900])
@@ -294,6 +311,7 @@ def _create_version(client, name, run_id, source, train, evaluation, cfg, datase
         reasons=reasons,
         previous_champion=prev_version,
         source=source,
+        awaiting_approval=awaiting,
     )
 
 

@@ -65,12 +65,15 @@ def approve_command(
 ) -> None:
     """Approve a version (champion moves to it) or --reject it (reason tagged, champion stays)."""
     from tasks.approval import decide
+    from tasks.approval_gate import expire_pending
     from tasks.core import StageError
 
     model, _, version = model_version.rpartition("/")
     if not model or not version:
         _fail(f"{model_version!r}: expected MODEL/VERSION.")
     try:
+        for late in expire_pending(model):  # suspended runs nobody resumed in time: the server failed them
+            typer.echo(f"{model}/{late}: no decision in the Prefect form before its deadline; tagged approval=timeout")
         res = decide(model, version, reviewer, reason, approve=not reject)
     except StageError as e:
         _fail(str(e))
