@@ -27,7 +27,10 @@ STAGES = ["ingest", "scrub_pii", "dedup", "validate", "split", "validate_splits"
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    # No Prefect / MLflow setting of the caller's reaches the runs, except a longer embedded-server start timeout
+    # (a fresh home's first start runs the database migrations: over 120 s at nice 19 on a loaded machine).
+    keep = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("PREFECT_", "MLFLOW_"))}
     env["LORAFLOW_HOME"] = str(home)  # the base model still comes from this checkout's cache: model_cache() falls back
     return env
 
