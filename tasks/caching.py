@@ -2,8 +2,9 @@
 
 ``DATA_STAGE_CACHE`` keys a stage task on
 
-* its inputs (Prefect's ``INPUTS``): the input :class:`~tasks.core.DatasetRef` (whose ``sha256`` is the whole
-  content) and the stage's own config;
+* its inputs (:class:`ContentInputs`, Prefect's ``INPUTS`` with every :class:`~tasks.core.DatasetRef` keyed on
+  its ``sha256``, the whole content, and not on its ``uri``: each run's raw ingest file has its own name) and
+  the stage's own config;
 * the contents of every file the config names (a deny list, a labels file: any string value of a config model
   that is an existing file);
 * the source of the stage's code — every module of the stage's package (``tasks/pii/*.py``, not only the
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS, CachePolicy
+from prefect.cache_policies import CachePolicy, Inputs
 from pydantic import BaseModel
 
 from tasks.core import DatasetRef, file_sha256
@@ -195,4 +196,33 @@ class StageCode(CachePolicy):
         return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
 
 
-DATA_STAGE_CACHE = INPUTS + StageCode()
+def content_view(value: Any) -> Any:
+    """``value`` with every :class:`~tasks.core.DatasetRef` in it (inside models, dicts and lists too) replaced by
+    its content digest: where a dataset lies does not decide a stage's output, what it holds does."""
+    if isinstance(value, DatasetRef):
+        return {"dataset_sha256": value.sha256}
+    if isinstance(value, BaseModel):
+        fields = {name: content_view(getattr(value, name)) for name in type(value).model_fields}
+        return {"model": f"{type(value).__module__}.{type(value).__qualname__}", **fields}
+    if isinstance(value, dict):
+        return {k: content_view(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [content_view(v) for v in value]
+    return value
+
+
+@dataclass
+class ContentInputs(CachePolicy):
+    """Prefect's ``INPUTS`` policy on :func:`content_view` of the inputs: two runs whose raw ingest files differ
+    only in name (``tmp/ingest-<digest>.<run>.parquet``) share the PII stage's cache entry.
+
+    It wraps ``Inputs`` rather than subclassing it: Prefect's ``CompoundCachePolicy`` replaces every ``Inputs``
+    instance in a sum with a plain ``Inputs``, which would key on the ``uri`` again.
+    """
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        view = {k: content_view(v) for k, v in (inputs or {}).items()}
+        return Inputs().compute_key(task_ctx, view, flow_parameters, **kwargs)
+
+
+DATA_STAGE_CACHE = ContentInputs() + StageCode()

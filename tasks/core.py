@@ -260,11 +260,14 @@ def finish_stage(
     outcome: StageOutcome,
     out_dir: str | Path,
     data_dir: str | Path | None = None,
+    data_tag: str | None = None,
 ) -> StageResult:
     """Check the stage's ledger, write its outputs and JSON report, and return the reference.
 
     Output names carry the content hash of what each file holds, so two runs on the same data write the same
     files and a cached result always points at the file it made. ``data_dir`` (default ``out_dir``) is where the kept records go.
+    ``data_tag`` makes the kept records' name private to one run (``<stage>-<digest>.<tag>.parquet``): for a file
+    the run deletes itself (the raw ingest output), which another run on the same data must not share.
     ``outcome.kept`` is a DataFrame, or an iterable of DataFrame batches from a stage that streams data too
     large for memory: those are written one by one (same content hash), and the ledger checked at the end.
     """
@@ -274,9 +277,9 @@ def finish_stage(
     if isinstance(kept, pd.DataFrame):
         _check_ledger(stage, rows_in, len(kept), len(quarantined))
         disk = _to_disk(kept[RECORD_COLUMNS] if len(kept) else empty_records())
-        data = write_records(disk, dest / f"{stage}-{frame_sha256(disk)[:12]}.parquet")
+        data = write_records(disk, dest / _data_name(stage, frame_sha256(disk), data_tag))
     else:
-        data = _write_batches(stage, kept, dest)
+        data = _write_batches(stage, kept, dest, data_tag)
         try:
             _check_ledger(stage, rows_in, data.rows, len(quarantined))
         except AssertionError:
@@ -302,6 +305,10 @@ def finish_stage(
     return StageResult(stage=stage, data=data, quarantine=quarantine, report_uri=str(report_path), counts=counts)
 
 
+def _data_name(stage: str, sha: str, tag: str | None) -> str:
+    return f"{stage}-{sha[:12]}.{tag}.parquet" if tag else f"{stage}-{sha[:12]}.parquet"
+
+
 def _check_ledger(stage: str, rows_in: int, kept: int, quarantined: int) -> None:
     if rows_in != kept + quarantined:
         raise AssertionError(
@@ -310,7 +317,7 @@ def _check_ledger(stage: str, rows_in: int, kept: int, quarantined: int) -> None
         )
 
 
-def _write_batches(stage: str, batches: Iterable[pd.DataFrame], data_dir: Path) -> DatasetRef:
+def _write_batches(stage: str, batches: Iterable[pd.DataFrame], data_dir: Path, tag: str | None = None) -> DatasetRef:
     """Write record batches to one Parquet file, named and hashed as :func:`write_records` would the whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -331,7 +338,7 @@ def _write_batches(stage: str, batches: Iterable[pd.DataFrame], data_dir: Path) 
                 rows += len(disk)
                 writer.write_table(pa.Table.from_pandas(disk, schema=schema, preserve_index=False))
         sha = h.hexdigest()
-        path = data_dir / f"{stage}-{sha[:12]}.parquet"
+        path = data_dir / _data_name(stage, sha, tag)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -18,13 +18,14 @@ with a :class:`~tasks.core.StageError` naming the file.
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.core import (
     RECORD_COLUMNS,
@@ -39,6 +40,7 @@ from tasks.core import (
 )
 from tasks.identity import keyed_record_id, project_key
 from tasks.messages import ROLES, coerce_messages, messages_problem, text_problem
+from tasks.prompting import PROMPT_TEMPLATE_HELP, check_template
 from tasks.runner import DaskConfig, TaskRunnerKind
 
 Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
@@ -71,6 +73,7 @@ class SourceConfig(StrictModel):
 
 class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(description="Where the training (and frozen test) data comes from.")
+    prompt_template: str = Field("chat", description=PROMPT_TEMPLATE_HELP)
     id_secret_block: str | None = Field(
         None,
         description="Prefect Secret block holding the record-id key, for several machines retraining one project "
@@ -85,6 +88,11 @@ class IngestConfig(StrictModel):
         default_factory=DaskConfig,
         description="The Dask cluster for `task_runner: dask` (address, workers, shard size).",
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        return check_template(value)
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -404,11 +412,63 @@ def ingest(cfg: IngestConfig, base_dir: str | Path = ".") -> tuple[int, StageOut
     return rows_in, outcome
 
 
+# --------------------------------------------------------------------------------------------- the raw file
+
+# The raw output's name is private to the run that writes it, ``ingest-<digest>.<host>-<pid>-<nonce>.parquet``:
+# each run deletes its own as soon as it is scrubbed, and two runs on the same data must not share one. The host
+# and pid say whose it is, so the next run can delete the raw text of a run that was killed before its cleanup.
+
+
+_RAW_NAME = re.compile(r"ingest-[0-9a-f]+\.(?P<host>[0-9a-f]{16})-(?P<pid>\d+)-[0-9a-f]+\.parquet")
+
+
+def _host() -> str:
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:16]
+
+
+def raw_tag() -> str:
+    """A name part no other run's raw file has: this host, this process and a random nonce."""
+    import uuid
+
+    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale_raw(raw_dir: Path) -> list[Path]:
+    """Delete the raw ingest files of runs on this host whose process has ended (killed before scrubbing).
+
+    A file of a live process, or of another host sharing the home, is left alone (a reused pid only delays the
+    sweep), and so is a name this version does not write. Returns the deleted paths.
+    """
+    removed = []
+    for path in raw_dir.glob("ingest-*.parquet"):
+        m = _RAW_NAME.fullmatch(path.name)
+        if m and m["host"] == _host() and not _alive(int(m["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @task(name="ingest")
 def ingest_task(cfg: IngestConfig, base_dir: str, out_dir: str, raw_dir: str) -> StageResult:
     """Not cached: ingest is cheap, and its output is raw text that lives in ``raw_dir`` only until scrubbed.
 
-    The quarantine file and report (file + line numbers and counts, no text) go to ``out_dir`` like any stage's.
+    The raw file's name is this run's own (:func:`raw_tag`); a killed run's is swept first. The quarantine file
+    and report (file + line numbers and counts, no text) go to ``out_dir`` like any stage's.
     """
     rows_in, outcome = ingest(cfg, base_dir)
-    return finish_stage("ingest", rows_in, outcome, Path(out_dir) / "ingest", data_dir=Path(raw_dir))
+    sweep_stale_raw(Path(raw_dir))
+    return finish_stage(
+        "ingest", rows_in, outcome, Path(out_dir) / "ingest", data_dir=Path(raw_dir), data_tag=raw_tag()
+    )
