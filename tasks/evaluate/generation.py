@@ -57,14 +57,14 @@ def trie_max(trie: LabelTrie | None) -> int:
     return max(1, depth(trie.root)) if trie is not None else 1
 
 
-def end_token_id(tokenizer) -> int:
-    """The end-of-turn token (``<|im_end|>`` for ChatML models), else the tokenizer's EOS."""
-    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if end_id is None or end_id == tokenizer.unk_token_id:
-        end_id = tokenizer.eos_token_id
-    if end_id is None:
-        raise StageError("the tokenizer has neither <|im_end|> nor an EOS token: generation could not stop.")
-    return end_id
+def end_token_id(tokenizer, template: str | None = None) -> int:
+    """The token an answer ends with (``<|im_end|>`` for ChatML chat templates, else EOS; see tasks.prompting)."""
+    from tasks import prompting
+
+    try:
+        return prompting.end_token_id(tokenizer, template)
+    except ValueError as e:
+        raise StageError(str(e)) from None
 
 
 def max_new_from_lengths(token_lengths: list[int], quantile: float = 0.99, cap: int = 512) -> int:
@@ -135,6 +135,7 @@ def score_all(
     generate: bool = True,
     desc: str | None = None,
     loss: bool = True,
+    end_id: int | None = None,
 ) -> tuple[list[str], list[str] | None, float]:
     """Free answers, constrained answers (when ``trie``) and mean answer loss, one prompt prefill per batch.
 
@@ -152,6 +153,7 @@ def score_all(
         generate: False scores the loss only (the forgetting check).
         desc: a name for a progress bar over the batches (None: no bar).
         loss: False skips the answer loss (returned as NaN): answers only.
+        end_id: the token that ends an answer (None: :func:`end_token_id` of the chat template).
 
     Returns:
         ``(free, constrained, loss)``; ``constrained`` is None without a trie, ``free`` is empty strings when
@@ -159,7 +161,7 @@ def score_all(
     """
     import torch
 
-    end_id = end_token_id(tokenizer)
+    end_id = end_token_id(tokenizer) if end_id is None else end_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
     prompts, answers = _encode(tokenizer, prompt_texts, full_texts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -222,10 +222,10 @@ class _Run:
 def _score_models(scorer: _Scorer, plan, run: _Run, cfg: EvalConfig, template: str | None) -> None:
     """Generate with and score every planned model, into ``run``."""
     tok = scorer.tokenizer
-    trie, trie_labels = None, []
+    trie, trie_labels, end_id = None, [], end_token_id(tok, template)
     if cfg.task == "classification":
         trie_labels = label_token_ids(tok, run.label_set)
-        trie = LabelTrie(trie_labels, end_token_id(tok)) if cfg.constrained else None
+        trie = LabelTrie(trie_labels, end_id) if cfg.constrained else None
     run.max_new = _budget(cfg, tok, scorer.pool, run.items, trie_labels)
     texts = {}
     for shots in (False, True):
@@ -242,7 +242,7 @@ def _score_models(scorer: _Scorer, plan, run: _Run, cfg: EvalConfig, template: s
         model, ctx = scorer.activate(name, adapter)
         with ctx:
             free, constrained, loss = score_all(
-                model, tok, *texts[shots], run.max_new, cfg.batch_size, trie=trie, desc=f"eval.{name}"
+                model, tok, *texts[shots], run.max_new, cfg.batch_size, trie=trie, desc=f"eval.{name}", end_id=end_id
             )
         run.add(cfg, name, free, constrained, {"test_loss": float(loss)})
         run.timings[name] = round(time.perf_counter() - t0, 2)
