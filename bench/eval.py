@@ -1,13 +1,19 @@
-"""Evaluation speed: batched, length-sorted generation (the evaluate stage's path) vs naive per-row ``generate``.
+"""Evaluation speed: the evaluate stage's batched generation vs naive per-row ``generate``, on the same rows.
 
-Both decode the same ViGGO test prompts greedily with SmolLM2-135M-Instruct (zero-shot, the viggo config's system
-prompt) and the same token budget (from the references' length distribution, as the stage does); the table gives
-rows/s, the speed-up, and how many answers are identical between the two paths:
+Both sides decode the same ViGGO test prompts greedily with SmolLM2-135M-Instruct (zero-shot, the viggo config's
+system prompt, its chat template) and the same token budget (from the references' token-length distribution, as
+the stage derives it), in one process, back to back:
 
-    .venv/bin/python bench/eval.py --rows 64 --batch-size 32
+    .venv/bin/python bench/eval.py --rows 64 --batch-size 64 --threads 2
 
-The batched path is ``tasks.evaluate.score_all`` (it also computes the answer loss, so the comparison is
-conservative); the naive path is one ``model.generate`` call per prompt without padding.
+* naive: what a user writes: one ``model.generate`` per prompt (greedy, KV cache on, stops at the end-of-turn
+  token, ``torch.inference_mode``), no padding;
+* batched: ``tasks.evaluate.score_all`` answers only (length-sorted, left-padded batches, the shared prompt
+  prefix prefilled once, finished rows leaving the batch); ``--with-loss`` adds a row for the stage's full call,
+  which also computes the answer loss on the references.
+
+It prints rows/s and CPU seconds per row for each side, the speed-up in both, how many answers are identical
+(the check that the speed costs no answers), and the load average before and after (the machine is shared).
 """
 
 import argparse
@@ -24,11 +30,43 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SYSTEM = "Write one or two sentences about the video game described by this meaning representation."
 
 
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min) {five:.2f} (5 min)"
+
+
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def naive_answers(model, tok, prompts: list[str], max_new: int, end: int) -> list[str]:
+    """One greedy ``generate`` call per prompt, as the transformers docs show it."""
+    import torch
+
+    answers = []
+    for p in prompts:
+        enc = tok(p, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=end, pad_token_id=end)
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        answers.append(tok.decode(new[: new.index(end)] if end in new else new, skip_special_tokens=True).strip())
+    return answers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=64, help="distinct test MRs to decode")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--with-loss", action="store_true", help="also time the stage's call (answers + answer loss)")
+    ap.add_argument(
+        "--naive-every",
+        type=int,
+        default=1,
+        help="naive side on every k-th row only (rows/s is per row; agreement on those rows): for a loaded machine",
+    )
     ap.add_argument("--data", default=str(SHARED / "viggo" / "test.csv"))
     args = ap.parse_args()
 
@@ -38,49 +76,50 @@ def main() -> None:
     from tasks.base_model import resolve_base_model
     from tasks.evaluate import score_all
     from tasks.evaluate.generation import end_token_id, max_new_from_lengths
+    from tasks.prompting import render_full, render_prompt
 
     torch.set_num_threads(args.threads)
     df = pd.read_csv(args.data)
     groups = df.groupby("mr", sort=False)["ref"].apply(list).reset_index().head(args.rows)
     base = resolve_base_model("SmolLM2-135M-Instruct")
     tok = AutoTokenizer.from_pretrained(base.path)
-    tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32).eval()
     msgs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": mr}] for mr in groups["mr"]]
-    prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
-    fulls = [
-        tok.apply_chat_template([*m, {"role": "assistant", "content": refs[0]}], tokenize=False)
-        for m, refs in zip(msgs, groups["ref"], strict=True)
-    ]
+    prompts = [render_prompt(tok, m) for m in msgs]
+    fulls = [render_full(tok, m, refs[0]) for m, refs in zip(msgs, groups["ref"], strict=True)]
     lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) + 1 for refs in groups["ref"] for r in refs]
     max_new = max_new_from_lengths(lengths)
     end = end_token_id(tok)
+    n = len(prompts)
+    print(f"rows={n} max_new_tokens={max_new} batch_size={args.batch_size} threads={args.threads}", flush=True)
 
-    t0 = time.perf_counter()
-    batched, _, _ = score_all(model, tok, prompts, fulls, max_new, args.batch_size)
-    t_batched = time.perf_counter() - t0
-    print(f"batched: {len(prompts)} rows in {t_batched:.1f} s", flush=True)
+    table, load_before = [], _load()
+    batched, wall_b, cpu_b = _timed(
+        lambda: score_all(model, tok, prompts, fulls, max_new, args.batch_size, loss=False)[0]
+    )
+    table.append(("batched (score_all, answers only)", wall_b, cpu_b, n))
+    print(f"batched: {wall_b:.1f} s", flush=True)
+    if args.with_loss:
+        staged, wall_s, cpu_s = _timed(lambda: score_all(model, tok, prompts, fulls, max_new, args.batch_size)[0])
+        table.append(("batched + answer loss (the stage's call)", wall_s, cpu_s, n))
+        print(f"batched + loss: {wall_s:.1f} s; answers as without loss: {staged == batched}", flush=True)
+    picked = list(range(0, n, args.naive_every))
+    naive, wall_n, cpu_n = _timed(lambda: naive_answers(model, tok, [prompts[i] for i in picked], max_new, end))
+    table.insert(0, ("naive per-row generate", wall_n, cpu_n, len(picked)))
 
-    naive = []
-    t0 = time.perf_counter()
-    for p in prompts:
-        ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids, max_new_tokens=max_new, do_sample=False, eos_token_id=end, pad_token_id=end
-            )
-        new = out[0, ids.shape[1] :].tolist()
-        naive.append(tok.decode(new[: new.index(end)] if end in new else new, skip_special_tokens=True).strip())
-    t_naive = time.perf_counter() - t0
-
-    same = sum(a == b for a, b in zip(batched, naive, strict=True))
-    load = os.getloadavg()
-    print(f"rows={len(prompts)} max_new_tokens={max_new} batch_size={args.batch_size} threads={args.threads}")
-    print("| path | seconds | rows/s |\n|---|---:|---:|")
-    print(f"| naive per-row generate | {t_naive:.1f} | {len(prompts) / t_naive:.2f} |")
-    print(f"| batched, length-sorted (score_all) | {t_batched:.1f} | {len(prompts) / t_batched:.2f} |")
-    print(f"speed-up {t_naive / t_batched:.1f}x; identical answers {same}/{len(prompts)}")
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    print("| path | rows | wall s | rows/s | CPU s / row |\n|---|---:|---:|---:|---:|")
+    for name, wall, cpu, rows in table:
+        print(f"| {name} | {rows} | {wall:.1f} | {rows / wall:.3f} | {cpu / rows:.2f} |")
+    ratio_wall = (n / wall_b) / (len(picked) / wall_n)
+    ratio_cpu = (cpu_n / len(picked)) / (cpu_b / n)
+    same = sum(batched[i] == a for i, a in zip(picked, naive, strict=True))
+    print(
+        f"speed-up {ratio_wall:.1f}x rows/s (wall), {ratio_cpu:.1f}x CPU time; identical answers {same}/{len(picked)}"
+    )
+    for i, a in zip(picked, naive, strict=True):
+        if batched[i] != a:
+            print(f"  differs at row {i}: batched {batched[i][:80]!r} / naive {a[:80]!r}")
+    print(f"load average before {load_before}, after {_load()}, on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
