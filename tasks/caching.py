@@ -25,7 +25,7 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,9 @@ def _is_module(name: str) -> bool:
         return False
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module name ``path`` imports (absolute and package-relative)."""
+@functools.cache
+def _imports(path: Path) -> frozenset[str]:
+    """Every module name ``path`` imports (absolute and package-relative), parsed once per process."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = ".".join(path.relative_to(_TASKS_ROOT.parent).with_suffix("").parts[:-1])
     out: set[str] = set()
@@ -68,7 +69,7 @@ def _imports(path: Path) -> set[str]:
                 base = ".".join([*parts, base] if base else parts)
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)
-    return out
+    return frozenset(out)
 
 
 def _stage_package(module: str) -> str:
@@ -118,6 +119,16 @@ def _all_distributions() -> dict[str, list[str]]:
 
 
 @functools.cache
+def _installed(dist: str) -> tuple[str, str] | None:
+    """An installed distribution's (name, version) from its metadata (parsed once per process), or None."""
+    try:
+        meta = importlib.metadata.distribution(dist).metadata
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return meta["Name"], meta["Version"]
+
+
+@functools.cache
 def module_distributions(name: str, *, scan: bool = True) -> tuple[str, ...]:
     """The installed distributions that provide top-level module ``name`` (none for the standard library).
 
@@ -130,10 +141,8 @@ def module_distributions(name: str, *, scan: bool = True) -> tuple[str, ...]:
         return ()
     if name in _DISTRIBUTIONS_OF:
         return _DISTRIBUTIONS_OF[name]
-    try:
-        return (importlib.metadata.distribution(name).name,)
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    if found := _installed(name):
+        return (found[0],)
     if not scan or not _is_module(name):  # an optional import that is not installed here has no version
         return ()
     return tuple(_all_distributions().get(name, ()))
@@ -146,11 +155,8 @@ def _dist_versions(modules: set[str], config_names: set[str] = frozenset()) -> d
     dists |= {d for s in config_names for d in module_distributions(s, scan=False)}
     out = {}
     for dist in sorted(dists):
-        try:
-            meta = importlib.metadata.distribution(dist)
-        except importlib.metadata.PackageNotFoundError:  # a table entry that is not installed here
-            continue
-        out[meta.name] = meta.version  # keyed by the metadata's own name, whichever spelling found it
+        if found := _installed(dist):  # None: a table entry that is not installed here
+            out[found[0]] = found[1]  # keyed by the metadata's own name, whichever spelling found it
     return out
 
 
@@ -218,11 +224,16 @@ class ContentInputs(CachePolicy):
 
     It wraps ``Inputs`` rather than subclassing it: Prefect's ``CompoundCachePolicy`` replaces every ``Inputs``
     instance in a sum with a plain ``Inputs``, which would key on the ``uri`` again.
+
+    ``exclude`` names inputs that never decide the output: a data stage's ``runner`` says where its per-row work
+    runs (:mod:`tasks.runner`), not what comes out, so a local and a Dask run share their cache entries.
     """
 
+    exclude: list[str] = field(default_factory=list)
+
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
-        view = {k: content_view(v) for k, v in (inputs or {}).items()}
+        view = {k: content_view(v) for k, v in (inputs or {}).items() if k not in self.exclude}
         return Inputs().compute_key(task_ctx, view, flow_parameters, **kwargs)
 
 
-DATA_STAGE_CACHE = ContentInputs() + StageCode()
+DATA_STAGE_CACHE = ContentInputs(exclude=["runner"]) + StageCode()
