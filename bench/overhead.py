@@ -74,6 +74,7 @@ def direct(config: str, overrides: list[str], timings: Path) -> None:
     from tasks.home import data_root, tmp_root
     from tasks.ingest import ingest_task
     from tasks.pii import scrub_pii_task
+    from tasks.runner import data_cluster
     from tasks.split import split_task
     from tasks.testset import record_test_set, write_plan
     from tasks.train import train_task
@@ -92,16 +93,17 @@ def direct(config: str, overrides: list[str], timings: Path) -> None:
     base = resolve_base_model(cfg.train.base_model)
     out_dir = str(data_root() / cfg.name)
     lap("config")
-    ingested = ingest_task.fn(cfg.data, os.getcwd(), out_dir, str(tmp_root()))
-    lap("ingest")
-    scrubbed = scrub_pii_task.fn(ingested.data, cfg.pii, out_dir)
-    discard(ingested.data)
-    lap("scrub_pii")
-    cfg.split = cfg.split.model_copy(update={"plan": write_plan(scrubbed.data, cfg.split, cfg.name, out_dir)})
-    deduped = dedup_task.fn(scrubbed.data, cfg.dedup, cfg.split, out_dir)
-    lap("dedup")
-    validated = validate_task.fn(deduped.data, cfg.validate_, base.path, out_dir, pii=cfg.pii)
-    lap("validate")
+    with data_cluster(cfg.data.task_runner, cfg.data.dask) as runner:  # as the flow: None for local, else Dask
+        ingested = ingest_task.fn(cfg.data, os.getcwd(), out_dir, str(tmp_root()))
+        lap("ingest")
+        scrubbed = scrub_pii_task.fn(ingested.data, cfg.pii, out_dir, runner)
+        discard(ingested.data)
+        lap("scrub_pii")
+        cfg.split = cfg.split.model_copy(update={"plan": write_plan(scrubbed.data, cfg.split, cfg.name, out_dir)})
+        deduped = dedup_task.fn(scrubbed.data, cfg.dedup, cfg.split, out_dir, runner)
+        lap("dedup")
+        validated = validate_task.fn(deduped.data, cfg.validate_, base.path, out_dir, pii=cfg.pii, runner=runner)
+        lap("validate")
     splits = split_task.fn(validated.data, cfg.split, out_dir)
     record_test_set(cfg.name, cfg.split.plan, splits.test)
     validate_splits_task.fn(splits, cfg.validate_)
