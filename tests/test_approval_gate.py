@@ -18,12 +18,37 @@ import time
 from pathlib import Path
 
 import pytest
-from test_deployments import _api, _chromium, prefect_server  # noqa: F401 (prefect_server: the module fixture)
+from test_deployments import _api, _chromium, _env
 from test_review import MODEL, registry  # noqa: F401 (registry: three versions, champion 1)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "loraflow-approval"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """``prefect server start`` (SQLite) with the deployments registered, as in test_deployments, but given up to
+    10 min to answer: on a loaded shared machine its start alone has taken over 3 min."""
+    from loraflow.commands.deploy import _bin, free_port, prefect_server_env, stop, wait_http
+
+    home = tmp_path_factory.mktemp("lf-approval-home")
+    env, port = _env(home), free_port()
+    with open(home / "prefect-server.log", "ab") as log:
+        proc = subprocess.Popen([_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                env=prefect_server_env("127.0.0.1", port, env), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{api}/health", timeout=600, proc=proc)
+        code = "import os; from deployments.deploy import deploy_all; deploy_all(env={k: os.environ[k] for k in " \
+               "('LORAFLOW_HOME', 'MLFLOW_TRACKING_URI')})"  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PREFECT_API_URL": api},
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        yield {"api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "home": home}
+    finally:
+        stop(proc)
 
 
 def _overrides(model: str, *extra: str) -> list[str]:
@@ -68,7 +93,7 @@ def _input(api: str, run_id: str, what: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def suspended(prefect_server, tiny_model_dir):  # noqa: F811
+def suspended(prefect_server, tiny_model_dir):
     """A tiny retrain of the ``retrain`` deployment, run by a process worker, stopped in ``Suspended``."""
     from loraflow.commands.deploy import start_worker, stop
 
@@ -183,7 +208,7 @@ def _flow_runs_by_param(client, model: str) -> list:
 
 
 @pytest.mark.server
-def test_reject_from_the_form_leaves_the_version_challenger(prefect_server, tiny_model_dir):  # noqa: F811
+def test_reject_from_the_form_leaves_the_version_challenger(prefect_server, tiny_model_dir):
     proc, log = _cli_run(prefect_server, tiny_model_dir, "lf-reject")
     try:
         run_id = _flow_run_of_model(prefect_server, "lf-reject", 900, log)
@@ -204,7 +229,7 @@ def test_reject_from_the_form_leaves_the_version_challenger(prefect_server, tiny
 
 
 @pytest.mark.server
-def test_no_decision_before_the_timeout_leaves_the_version_challenger(prefect_server, tiny_model_dir):  # noqa: F811
+def test_no_decision_before_the_timeout_leaves_the_version_challenger(prefect_server, tiny_model_dir):
     proc, log = _cli_run(prefect_server, tiny_model_dir, "lf-timeout", "register.approval_timeout_hours=0.002")
     try:
         run_id = _flow_run_of_model(prefect_server, "lf-timeout", 900, log)
