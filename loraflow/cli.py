@@ -50,6 +50,9 @@ def fail(message: str, code: int = 1) -> None:
 
 def run_retrain(config: Path, overrides: list[str], dry_run: bool = False, **fields) -> dict:
     configure_environment()
+    from loraflow import api_server
+
+    api = api_server.start()  # before Prefect is imported: a signal to this process group must not stop it
     from flows.params import RetrainParams
     from flows.retrain import retrain
     from tasks.core import StageError
@@ -58,6 +61,8 @@ def run_retrain(config: Path, overrides: list[str], dry_run: bool = False, **fie
     _quiet_user_errors()
     params = RetrainParams(config=str(config), overrides=overrides, dry_run=dry_run, **fields)
     try:
+        if api is not None:
+            api.wait_ready()
         return retrain(params)
     except StageError as e:
         fail(str(e))
