@@ -104,8 +104,8 @@ def detail(dec: Decisions, i: int, ids: np.ndarray) -> dict[str, Any]:
     return d
 
 
-# The runner decides where signatures are computed, never the result: it is not part of the cache key.
-@task(name="dedup", cache_policy=DATA_STAGE_CACHE - "runner", persist_result=True)
+# `runner` says where signatures are computed, never the result: DATA_STAGE_CACHE leaves it out of the key.
+@task(name="dedup", cache_policy=DATA_STAGE_CACHE, persist_result=True)
 def dedup_task(
     ref: DatasetRef, cfg: DedupConfig, split_cfg: SplitConfig, out_dir: str, runner: DaskConfig | None = None
 ) -> StageResult:

@@ -251,8 +251,8 @@ def scrub_sharded(records: pd.DataFrame, cfg: PiiConfig, runner: DaskConfig | No
     return merge_parts(list(map_shards(scrub_part, shards, runner, name="scrub_pii_shard")), cfg)
 
 
-# The runner decides where the work runs, never what comes out: it is not part of the cache key.
-@task(name="scrub_pii", cache_policy=DATA_STAGE_CACHE - "runner", persist_result=True)
+# `runner` says where the work runs, never what comes out: DATA_STAGE_CACHE leaves it out of the key.
+@task(name="scrub_pii", cache_policy=DATA_STAGE_CACHE, persist_result=True)
 def scrub_pii_task(ref: DatasetRef, cfg: PiiConfig, out_dir: str, runner: DaskConfig | None = None) -> StageResult:
     """Prefect wrapper: scrub ``ref`` (in shards on Dask when ``runner`` is given) and write
     ``<out_dir>/pii/pii-<digest>.parquet`` plus report."""

@@ -355,8 +355,8 @@ def _run_logger():
         return log
 
 
-# The runner decides where the PII scan runs, never the result: it is not part of the cache key.
-@task(name="validate", cache_policy=VALIDATE_CACHE - "runner", persist_result=True)
+# `runner` says where the PII scan runs, never the result: DATA_STAGE_CACHE leaves it out of the key.
+@task(name="validate", cache_policy=VALIDATE_CACHE, persist_result=True)
 def validate_task(
     ref: DatasetRef,
     cfg: ValidateConfig,
