@@ -118,13 +118,14 @@ def _train_and_gate(cfg: RetrainConfig, base, splits, stages: list[StageResult],
     champion = current_champion(model_name, str(run_dir / "champion"))
     log_drift(run_id, splits.train, champion.run_id if champion else None)  # this quarter's data vs the champion's
     warm = champion.adapter_dir if champion else None  # train.init_from=champion starts from it
-    trained = train_task(splits.train, splits.val, cfg.train, str(run_dir / "adapter"), run_id, champion_adapter=warm)
+    template = cfg.data.prompt_template  # one prompt layout for training, evaluation and (via the manifest) serving
+    trained = train_task(splits.train, splits.val, cfg.train, str(run_dir / "adapter"), run_id, champion_adapter=warm,
+                         prompt_template=template)  # fmt: skip
     adapters = {"base": None, "candidate": trained.adapter_dir}
     if champion is not None:
         adapters["champion"] = champion.adapter_dir
-    evaluation = evaluate_task(
-        splits.test, base.path, adapters, cfg.evaluate, str(run_dir / "eval"), label_sources=[splits.train]
-    )
+    evaluation = evaluate_task(splits.test, base.path, adapters, cfg.evaluate, str(run_dir / "eval"),
+                               label_sources=[splits.train], prompt_template=template)  # fmt: skip
     for model, metrics in evaluation.metrics.items():
         tracking.log_metrics(run_id, {f"eval.{model}.{k}": v for k, v in metrics.items()})
         logger.info("eval %s: %s", model, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -122,9 +122,15 @@ def write_merged(version, out: Path) -> list[str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from tasks.evaluate.generation import end_token_id
+    from tasks.prompting import is_chat
     from tasks.serving_model import find_base_model
 
     settings = version.settings
+    if not is_chat(settings.prompt_template):  # the exported files carry a chat template, not this prompt layout
+        raise StageError(
+            f"{version.model_name} version {version.version} was trained with data.prompt_template="
+            f"{settings.prompt_template!r}: export writes the chat template only; serve it with `loraflow serve-model`."
+        )
     base = find_base_model(settings)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.core import (
     RECORD_COLUMNS,
@@ -40,6 +40,7 @@ from tasks.core import (
 )
 from tasks.identity import keyed_record_id, project_key
 from tasks.messages import ROLES, coerce_messages, messages_problem, text_problem
+from tasks.prompting import PROMPT_TEMPLATE_HELP, check_template
 from tasks.runner import DaskConfig, TaskRunnerKind
 
 Format = Literal["auto", "chat", "alpaca", "prompt_completion", "csv", "parquet", "records"]
@@ -72,6 +73,7 @@ class SourceConfig(StrictModel):
 
 class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(description="Where the training (and frozen test) data comes from.")
+    prompt_template: str = Field("chat", description=PROMPT_TEMPLATE_HELP)
     id_secret_block: str | None = Field(
         None,
         description="Prefect Secret block holding the record-id key, for several machines retraining one project "
@@ -86,6 +88,11 @@ class IngestConfig(StrictModel):
         default_factory=DaskConfig,
         description="The Dask cluster for `task_runner: dask` (address, workers, shard size).",
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        return check_template(value)
 
 
 # --------------------------------------------------------------------------------------------- parsing

@@ -45,6 +45,10 @@ class ServingSettings(BaseModel):
     labels: list[str] = Field(default_factory=list, description="Label set for constrained decoding.")
     max_new_tokens: int = Field(64, ge=1, description="Cap on generated tokens per answer.")
     constrained: bool = Field(False, description="Decode constrained to the label set by default.")
+    prompt_template: str = Field(
+        "chat",
+        description="How messages become the prompt: the training run's data.prompt_template (chat, alpaca, ...).",
+    )
 
 
 class ChatAnswer(BaseModel):
@@ -99,6 +103,7 @@ def settings_from_training(
         labels=label_list,
         max_new_tokens=max_new_tokens,
         constrained=classification and bool(label_list),
+        prompt_template=manifest.get("prompt_template") or "chat",
     )
 
 
@@ -147,7 +152,7 @@ class ChatEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         self.model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
-        self.end_id = end_token_id(self.tokenizer)
+        self.end_id = end_token_id(self.tokenizer, settings.prompt_template)
         self.trie = (
             LabelTrie(label_token_ids(self.tokenizer, settings.labels), self.end_id) if settings.labels else None
         )
@@ -158,6 +163,12 @@ class ChatEngine:
         if self.settings.system_prompt and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": self.settings.system_prompt})
         return msgs
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The text the model continues for a request: the training run's prompt template over its messages."""
+        from tasks.prompting import render_prompt
+
+        return render_prompt(self.tokenizer, self.with_system(messages), self.settings.prompt_template)
 
     def answer(
         self,
@@ -172,9 +183,7 @@ class ChatEngine:
         from tasks.evaluate import trie_max
 
         t0 = time.perf_counter()
-        text = self.tokenizer.apply_chat_template(
-            self.with_system(messages), tokenize=False, add_generation_prompt=True
-        )
+        text = self.prompt_text(messages)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         use_trie = self.trie if (self.settings.constrained if constrained is None else constrained) else None
         kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}

@@ -175,6 +175,47 @@ def test_shared_prefill_matches_separate_passes(tiny_model_dir, base_tokenizer_d
     assert score_all(model, tok, prompts, fulls, 5, 3, generate=False)[2] == pytest.approx(loss, rel=1e-6)
 
 
+def test_rows_that_finish_early_leave_the_batch_with_the_same_answers(base_tokenizer_dir):
+    """Rows stop at their own end token at different steps (and leave the batch): still per-row generate's answers."""
+    from collections import Counter
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasks.evaluate import score_all
+
+    tok = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    # Large random weights: unlike the shared tiny model, each prompt gets its own continuation.
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, initializer_range=1.0)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    msgs = [
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"ticket {i} " * (i % 3 + 1)}]
+        for i in range(6)
+    ]
+    prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
+
+    def per_row(end: int | None) -> list[list[int]]:
+        rows = []
+        for p in prompts:
+            ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=end, pad_token_id=0)
+            new = out[0, ids.shape[1] :].tolist()
+            rows.append(new[: new.index(end)] if end in new else new)
+        return rows
+
+    # As "end token", the token most rows write (but not all): rows stop at different steps, one runs all 8.
+    seen = Counter(t for row in per_row(None) for t in set(row))
+    end = next(t for t, c in seen.most_common() if c < len(prompts))
+    reference = per_row(end)
+    lengths = sorted(len(r) for r in reference)
+    assert lengths[0] < 8 == lengths[-1] and len(set(lengths)) >= 3, lengths  # stops at different steps
+    free, _, _ = score_all(model, tok, prompts, prompts, 8, 6, loss=False, end_id=end)
+    assert free == [tok.decode(r, skip_special_tokens=True).strip() for r in reference]
+
+
 # --------------------------------------------------------------------------------------------- metric suites
 
 

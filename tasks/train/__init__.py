@@ -47,6 +47,7 @@ def train_task(
     out_dir: str,
     mlflow_run_id: str | None = None,
     champion_adapter: str | None = None,
+    prompt_template: str | None = None,
 ) -> TrainResult:
     """Prefect wrapper: train, stream ``train_loss`` / ``val_loss`` per step into the MLflow run, log the outcome.
 
@@ -57,6 +58,7 @@ def train_task(
         out_dir: where the adapter goes.
         mlflow_run_id: the flow's MLflow run (None: log nothing).
         champion_adapter: the current champion's adapter folder, for ``train.init_from=champion``.
+        prompt_template: ``data.prompt_template`` (None / ``chat``: the model's chat template).
     """
     on_log = None
     if mlflow_run_id:
@@ -71,7 +73,9 @@ def train_task(
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.stderr.flush()
-    result = train_adapter(train, val, cfg, out_dir, on_log=on_log, champion_adapter=champion_adapter)
+    result = train_adapter(
+        train, val, cfg, out_dir, on_log=on_log, champion_adapter=champion_adapter, prompt_template=prompt_template
+    )
     if mlflow_run_id:
         _log_outcome(mlflow_run_id, result)
     return result

@@ -1,7 +1,8 @@
 """The training examples a record becomes, and the adapter folder training writes.
 
 Each record becomes a conversational prompt-completion example: ``prompt`` = every message but the last,
-``completion`` = the last (assistant) message. TRL then computes the loss on the completion tokens only
+``completion`` = the last (assistant) message (with ``data.prompt_template`` set, the rendered prompt string and
+the answer + EOS instead: :func:`tasks.prompting.training_example`). TRL then computes the loss on the completion tokens only
 (``completion_only_loss``), i.e. exactly ``<answer><|im_end|>\\n``: the model learns the answer and to stop.
 (``assistant_only_loss`` on a ``messages`` dataset needs ``{% generation %}`` markers that SmolLM2's chat
 template does not have.)
@@ -38,12 +39,19 @@ def adapter_manifest(adapter_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def to_prompt_completion(records) -> list[dict]:
-    """Records → ``{"prompt": [...], "completion": [last assistant message]}`` rows.
+def to_prompt_completion(records, tokenizer=None, template: str | None = None) -> list[dict]:
+    """Records → TRL prompt-completion rows (:func:`tasks.prompting.training_example`).
+
+    Args:
+        records: a frame with ``id`` and ``messages`` columns.
+        tokenizer: the base model's tokenizer (needed for a prompt template: its EOS ends each answer).
+        template: ``data.prompt_template`` (None / ``chat``: conversational rows, the chat template).
 
     Raises:
         StageError: a record does not end with a non-empty assistant message.
     """
+    from tasks.prompting import training_example
+
     rows = []
     for rid, messages in zip(records["id"], records["messages"], strict=True):
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -52,7 +60,7 @@ def to_prompt_completion(records) -> list[dict]:
                 f"record {rid} cannot be trained on: a training record must end with a non-empty assistant "
                 "message after at least one prompt message (the validate stage should have quarantined it)."
             )
-        rows.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+        rows.append(training_example(tokenizer, msgs, template))
     return rows
 
 

@@ -21,7 +21,9 @@ OWNER_FILE = "owner.json"
 _NOT_IN_KEY = {"resume", "torch_threads", "logging_steps", "save_total_limit"}
 
 
-def checkpoint_key(train_sha: str, val_sha: str, cfg: TrainConfig, base_sha: str, init_sha: str = "") -> str:
+def checkpoint_key(
+    train_sha: str, val_sha: str, cfg: TrainConfig, base_sha: str, init_sha: str = "", template: str | None = None
+) -> str:
     payload = {
         "train": train_sha,
         "val": val_sha,
@@ -29,6 +31,8 @@ def checkpoint_key(train_sha: str, val_sha: str, cfg: TrainConfig, base_sha: str
         "base": base_sha,
         "init": init_sha,
     }
+    if template not in (None, "chat"):  # another prompt layout is another training run (chat keys stay as they were)
+        payload["template"] = template
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -22,8 +22,10 @@ from tasks.train.interrupt import TrainingInterrupted, interrupted_by, requested
 OnLog = Callable[[dict, int], None]
 
 
-def _datasets(train: DatasetRef, val: DatasetRef, cfg: TrainConfig):
+def training_datasets(train: DatasetRef, val: DatasetRef, cfg: TrainConfig, base_path: str, template: str | None):
     from datasets import Dataset
+
+    from tasks.prompting import is_chat
 
     train_df = read_records(train)
     val_df = read_records(val)
@@ -33,8 +35,13 @@ def _datasets(train: DatasetRef, val: DatasetRef, cfg: TrainConfig):
         val_df = val_df.sample(n=cfg.max_val_rows, random_state=cfg.seed)
     if cfg.early_stopping_patience and not len(val_df):
         raise StageError("train.early_stopping_patience needs val rows to watch, and the val split is empty.")
-    train_ds = Dataset.from_list(to_prompt_completion(train_df))
-    val_ds = Dataset.from_list(to_prompt_completion(val_df)) if len(val_df) else None
+    tokenizer = None
+    if not is_chat(template):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+    train_ds = Dataset.from_list(to_prompt_completion(train_df, tokenizer, template))
+    val_ds = Dataset.from_list(to_prompt_completion(val_df, tokenizer, template)) if len(val_df) else None
     return train_ds, val_ds
 
 
@@ -143,6 +150,7 @@ def train_adapter(
     on_log: OnLog | None = None,
     checkpoint_root: str | None = None,
     champion_adapter: str | None = None,
+    prompt_template: str | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter; save the one with the lowest val loss (+ tokenizer) into ``out_dir``.
 
@@ -159,6 +167,8 @@ def train_adapter(
             run with the same data, config and base model resumes from its last checkpoint there.
         champion_adapter: the current champion's adapter folder: with ``init_from=champion`` (and the same
             base model weights) training starts from it instead of a fresh LoRA.
+        prompt_template: ``data.prompt_template`` (None / ``chat``: the chat template); recorded in the
+            adapter's manifest, where evaluation and serving read it.
 
     Returns:
         A :class:`TrainResult` with the adapter folder, the base model's path and hash, losses and speed.
@@ -169,14 +179,14 @@ def train_adapter(
     from tasks.home import loraflow_home
 
     base = resolve_base_model(cfg.base_model)
-    train_ds, val_ds = _datasets(train, val, cfg)
+    train_ds, val_ds = training_datasets(train, val, cfg, base.path, prompt_template)
     device, precision = pick_device(cfg)
     init = warm_start_adapter(cfg, champion_adapter, base.sha256)
     root = Path(checkpoint_root) if checkpoint_root else loraflow_home() / "checkpoints"
     for gone in ckpt.clean_stale(root):
         print(f"train: removed {gone} (left by a run that is no longer alive)")
     init_sha = file_sha256(Path(init) / "adapter_model.safetensors") if init else ""
-    folder = root / ckpt.checkpoint_key(train.sha256, val.sha256, cfg, base.sha256, init_sha)
+    folder = root / ckpt.checkpoint_key(train.sha256, val.sha256, cfg, base.sha256, init_sha, prompt_template)
     if folder.exists() and ckpt.owner_alive(folder):
         # Two retrains started together on the same data and config: train beside the other one, in a folder
         # of this process's own (no resume for it), instead of failing one of them.
@@ -208,20 +218,18 @@ def train_adapter(
         "val": val.model_dump(),
         "best_step": result["best_step"],
         "init_from": init or "base",
+        "prompt_template": prompt_template or "chat",
     }
     save_adapter(trainer.model, trainer.processing_class, staged, Path(out_dir), manifest)
     shutil.rmtree(folder, ignore_errors=True)  # done: nothing left to resume
     return TrainResult(adapter_dir=str(Path(out_dir)), base_model=base.path, base_model_sha256=base.sha256, **result)
 
 
-def _fit(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_log) -> tuple[dict, object]:
-    """Build the trainer, resume if a checkpoint exists, train; returns (TrainResult fields, trainer)."""
-    import torch
+def build_trainer(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_log=None):
+    """TRL's ``SFTTrainer`` over the prompt-completion rows (tokenized by TRL here), untrained."""
     from transformers import AutoTokenizer, PrinterCallback
     from trl import SFTTrainer
 
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -238,6 +246,16 @@ def _fit(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_
     )
     # disable_tqdm makes the Trainer print every log dict as raw text beside our bar: the Relay callback logs them.
     trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _fit(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_log) -> tuple[dict, object]:
+    """Build the trainer, resume if a checkpoint exists, train; returns (TrainResult fields, trainer)."""
+    import torch
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    trainer = build_trainer(base, train_ds, val_ds, cfg, device, precision, folder, init, on_log)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     resume = ckpt.last_checkpoint(folder) if cfg.resume else None
