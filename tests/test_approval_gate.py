@@ -112,6 +112,7 @@ def suspended(prefect_server, tiny_model_dir):
 
 
 @pytest.mark.server
+@pytest.mark.timeout(1800)  # the module fixture (server start, deploy, a tiny retrain) runs inside the first
 def test_gate_passed_run_is_suspended_with_scorecard_and_typed_form(suspended):
     api, run_id = suspended["api"], suspended["id"]
     assert suspended["state"]["name"] == "Suspended"
@@ -138,6 +139,7 @@ def test_gate_passed_run_is_suspended_with_scorecard_and_typed_form(suspended):
 
 
 @pytest.mark.server
+@pytest.mark.timeout(1800)  # the module fixture (server start, deploy, a tiny retrain) runs inside the first
 def test_approval_form_screenshot(suspended, tmp_path):
     pytest.importorskip("playwright")
     _chromium()
@@ -154,6 +156,7 @@ def test_approval_form_screenshot(suspended, tmp_path):
 
 
 @pytest.mark.server
+@pytest.mark.timeout(1800)  # the module fixture (server start, deploy, a tiny retrain) runs inside the first
 def test_approve_through_the_api_moves_champion_without_retraining(suspended):
     api, run_id, env = suspended["api"], suspended["id"], suspended["env"]
     body = {"run_input": {"approve": True, "reviewer": "Ada Owner", "reason": "beats every baseline"}}
@@ -208,6 +211,7 @@ def _flow_runs_by_param(client, model: str) -> list:
 
 
 @pytest.mark.server
+@pytest.mark.timeout(1800)  # the module fixture (server start, deploy, a tiny retrain) runs inside the first
 def test_reject_from_the_form_leaves_the_version_challenger(prefect_server, tiny_model_dir):
     proc, log = _cli_run(prefect_server, tiny_model_dir, "lf-reject")
     try:
@@ -229,6 +233,7 @@ def test_reject_from_the_form_leaves_the_version_challenger(prefect_server, tiny
 
 
 @pytest.mark.server
+@pytest.mark.timeout(1800)  # the module fixture (server start, deploy, a tiny retrain) runs inside the first
 def test_no_decision_before_the_timeout_leaves_the_version_challenger(prefect_server, tiny_model_dir):
     proc, log = _cli_run(prefect_server, tiny_model_dir, "lf-timeout", "register.approval_timeout_hours=0.002")
     try:
