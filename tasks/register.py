@@ -250,6 +250,8 @@ def _create_version(client, name, run_id, source, train, evaluation, cfg, datase
         "base_model_sha256": train.base_model_sha256,
         "train_rows": str(train.train_rows),
         "steps": str(train.steps),
+        # the adapter registered is the best val-loss checkpoint when one was kept (early stopping, load-best)
+        "best_step": str(train.best_step) if train.best_step is not None else "last",
         "gate_metric": cfg.gate_metric,
         "gate_margin": str(cfg.gate_margin),
         "gate_passed": str(promote).lower(),

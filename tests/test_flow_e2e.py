@@ -127,6 +127,9 @@ def test_mlflow_holds_params_metrics_artifacts_and_a_registered_version(two_runs
     assert len(versions) == 2
     latest = client.get_model_version_by_alias("loraflow-tiny", "challenger")
     assert latest.run_id == runs[1].info.run_id
+    # which checkpoint was registered: the logged best val-loss step, or "last" when none was chosen
+    best = client.get_run(latest.run_id).data.metrics.get("train.best_step")
+    assert latest.tags["best_step"] == (str(int(best)) if best is not None else "last")
 
 
 def test_second_run_takes_the_data_stages_from_cache(two_runs):
