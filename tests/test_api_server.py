@@ -27,7 +27,6 @@ from prefect import flow, task
 api.wait_ready()
 print("URL", api.url, flush=True)
 got = []
-signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
 
 @task
 def after_the_signal():
@@ -35,6 +34,8 @@ def after_the_signal():
 
 @flow
 def waits_for_sigterm():
+    # Installed inside the flow, as training does: Prefect puts its own SIGTERM handler in place for a flow run.
+    signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
     Path(sys.argv[1]).touch()
     while not got:
         time.sleep(0.1)
