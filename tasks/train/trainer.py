@@ -183,17 +183,7 @@ def train_adapter(
     device, precision = pick_device(cfg)
     init = warm_start_adapter(cfg, champion_adapter, base.sha256)
     root = Path(checkpoint_root) if checkpoint_root else loraflow_home() / "checkpoints"
-    for gone in ckpt.clean_stale(root):
-        print(f"train: removed {gone} (left by a run that is no longer alive)")
-    init_sha = file_sha256(Path(init) / "adapter_model.safetensors") if init else ""
-    folder = root / ckpt.checkpoint_key(train.sha256, val.sha256, cfg, base.sha256, init_sha, prompt_template)
-    if folder.exists() and ckpt.owner_alive(folder):
-        # Two retrains started together on the same data and config: train beside the other one, in a folder
-        # of this process's own (no resume for it), instead of failing one of them.
-        folder = folder.with_name(f"{folder.name}-pid{os.getpid()}")
-    if not cfg.resume:
-        shutil.rmtree(folder, ignore_errors=True)
-    ckpt.claim(folder)
+    folder = _claim_checkpoint_folder(root, train, val, cfg, base.sha256, init, prompt_template)
     try:
         with cost.Meter("train") as meter, stop_on_signals():
             result, trainer = _fit(base, train_ds, val_ds, cfg, device, precision, folder, init, on_log)
@@ -223,6 +213,22 @@ def train_adapter(
     save_adapter(trainer.model, trainer.processing_class, staged, Path(out_dir), manifest)
     shutil.rmtree(folder, ignore_errors=True)  # done: nothing left to resume
     return TrainResult(adapter_dir=str(Path(out_dir)), base_model=base.path, base_model_sha256=base.sha256, **result)
+
+
+def _claim_checkpoint_folder(root: Path, train, val, cfg, base_sha256: str, init, prompt_template) -> Path:
+    """This run's checkpoint folder (keyed on data, config, base and warm start), claimed by this process."""
+    for gone in ckpt.clean_stale(root):
+        print(f"train: removed {gone} (left by a run that is no longer alive)")
+    init_sha = file_sha256(Path(init) / "adapter_model.safetensors") if init else ""
+    folder = root / ckpt.checkpoint_key(train.sha256, val.sha256, cfg, base_sha256, init_sha, prompt_template)
+    if folder.exists() and ckpt.owner_alive(folder):
+        # Two retrains started together on the same data and config: train beside the other one, in a folder
+        # of this process's own (no resume for it), instead of failing one of them.
+        folder = folder.with_name(f"{folder.name}-pid{os.getpid()}")
+    if not cfg.resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    ckpt.claim(folder)
+    return folder
 
 
 def build_trainer(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_log=None):
