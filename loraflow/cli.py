@@ -26,13 +26,20 @@ app.add_typer(models_app, name="models")
 
 
 class _NoUserErrorTracebacks(logging.Filter):
-    """Prefect logs a failed task's exception with its traceback; for a StageError the message is enough."""
+    """Drop the traceback Prefect logs with a user-facing stop: a StageError, or training stopped by a signal.
+
+    For those the message says everything (the rule broken; the checkpoint and the resume command); a traceback
+    stays for every other exception, which is a bug to report.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from tasks.core import StageError
-
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, StageError):
+        if exc is None:
+            return True
+        from tasks.core import StageError
+        from tasks.train.interrupt import TrainingInterrupted
+
+        if isinstance(exc, StageError | TrainingInterrupted):
             record.exc_info, record.exc_text = None, None
         return True
 
