@@ -30,17 +30,13 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 def prefect_server(tmp_path_factory):
     """``prefect server start`` (SQLite) with the deployments registered, as in test_deployments, but given up to
     10 min to answer: on a loaded shared machine its start alone has taken over 3 min."""
-    from loraflow.commands.deploy import _bin, free_port, prefect_server_env, stop, wait_http
+    from loraflow.commands.deploy import free_port, start_prefect_server, stop
 
     home = tmp_path_factory.mktemp("lf-approval-home")
     env, port = _env(home), free_port()
-    with open(home / "prefect-server.log", "ab") as log:
-        proc = subprocess.Popen([_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                env=prefect_server_env("127.0.0.1", port, env), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+    proc = start_prefect_server("127.0.0.1", port, env=env, log=home / "prefect-server.log", timeout=600)
     api = f"http://127.0.0.1:{port}/api"
     try:
-        wait_http(f"{api}/health", timeout=600, proc=proc)
         code = "import os; from deployments.deploy import deploy_all; deploy_all(env={k: os.environ[k] for k in " \
                "('LORAFLOW_HOME', 'MLFLOW_TRACKING_URI')})"  # fmt: skip
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PREFECT_API_URL": api},

@@ -64,19 +64,26 @@ def prefect_server_env(host: str, port: int, env: dict[str, str] | None = None) 
 
 
 def start_prefect_server(
-    host: str = "127.0.0.1", port: int = 4200, env: dict[str, str] | None = None, log: Path | None = None
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 180,
 ) -> subprocess.Popen:
-    """Start ``prefect server start`` (SQLite under ``PREFECT_HOME``) and wait until its API is healthy."""
+    """Start ``prefect server start`` (SQLite under ``PREFECT_HOME``) and wait up to ``timeout`` s for its API."""
     cmd = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
-    return _start_server(cmd, prefect_server_env(host, port, env), log, f"http://{host}:{port}/api/health")
+    health = f"http://{host}:{port}/api/health"
+    return _start_server(cmd, prefect_server_env(host, port, env), log, health, timeout)
 
 
-def _start_server(cmd: list[str], env: dict[str, str], log: Path | None, health: str) -> subprocess.Popen:
+def _start_server(
+    cmd: list[str], env: dict[str, str], log: Path | None, health: str, timeout: float = 180
+) -> subprocess.Popen:
     """Start ``cmd`` in its own session (so it and its children stop as one group) and wait for ``health``."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (owned by the child process)
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(health, timeout=180, proc=proc)
+        wait_http(health, timeout=timeout, proc=proc)
     except BaseException:  # also SIGTERM (_Stop) while waiting: never leave the half-started server behind
         stop(proc)
         raise
