@@ -90,6 +90,69 @@ def test_lora_trains_adapter_only(tiny_model_dir, splits, tmp_path):
     assert sorted({s for s, d in logs if "train_loss" in d}) == [1, 2, 3, 4]
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, tiny_model_dir, splits, tmp_path):
+    import torch
+
+    from tasks.train import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, want in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(gpu, "cpu_has_bf16", lambda native=native: native)
+        assert gpu.pick_device(TrainConfig()) == ("cpu", want)
+        assert gpu.pick_device(TrainConfig(precision="fp32")) == ("cpu", "fp32")
+    # bf16 on the CPU trains for real: the base runs in bf16, the LoRA weights (and the saved adapter) stay fp32.
+    cfg = TrainConfig(base_model=str(tiny_model_dir), max_steps=2, batch_size=4, lora_r=4, lora_alpha=8,
+                      max_length=64, max_val_rows=2, precision="bf16")  # fmt: skip
+    res = train_adapter(*splits, cfg, str(tmp_path / "adapter"))
+    assert res.device == "cpu/bf16" and res.val_loss is not None and res.val_loss == res.val_loss
+    assert {t.dtype for t in load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")).values()} == {
+        torch.float32
+    }
+
+
+def test_lm_head_on_labelled_positions_gives_the_same_loss_and_gradients(tiny_model_dir, splits, tmp_path):
+    """The CPU shortcut (only completion positions through the LM head) changes the work, not the result."""
+    import torch
+
+    from tasks.base_model import resolve_base_model
+    from tasks.train.gpu import labelled_positions_only
+    from tasks.train.trainer import build_trainer, training_datasets
+
+    cfg = TrainConfig(base_model=str(tiny_model_dir), batch_size=4, lora_r=4, lora_alpha=8, max_length=64,
+                      precision="fp32")  # fmt: skip
+    base = resolve_base_model(str(tiny_model_dir))
+    train_ds, val_ds = training_datasets(*splits, cfg, base.path, None)
+    trainer = build_trainer(base, train_ds, val_ds, cfg, "cpu", "fp32", tmp_path / "ck", None)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert (batch["labels"] == -100).float().mean() > 0.3  # prompts are masked: there is work to skip
+    model = trainer.model.train()
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full_grads = loss_and_grads()
+    calls = []
+    import trl.trainer.utils as trl_utils
+
+    with labelled_positions_only("cpu"):
+        patched = trl_utils._use_triton
+        trl_utils._use_triton = lambda dev: calls.append(dev) or patched(dev)
+        try:
+            compact_loss, compact_grads = loss_and_grads()
+        finally:
+            trl_utils._use_triton = patched
+        assert patched(torch.device("cpu")) is True
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored
+    assert calls, "the fused LM head did not consult the switch: TRL's code path changed"
+    assert compact_loss == pytest.approx(full_loss, rel=1e-5)
+    assert full_grads.keys() == compact_grads.keys() and full_grads
+    for name, g in full_grads.items():
+        torch.testing.assert_close(compact_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir, splits, tmp_path):
     import torch
 

@@ -78,7 +78,9 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming the LR up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
     optim: Literal["adamw_torch", "adamw_torch_fused"] = Field(
-        "adamw_torch", description="Optimizer (transformers' names). Both are AdamW; fused is one kernel per step."
+        "adamw_torch_fused",
+        description="Optimizer (transformers' names). Both are AdamW; fused updates every LoRA tensor in one kernel "
+        "per step instead of a Python loop over them (CPU and CUDA).",
     )
     seed: int = Field(42, description="Seed for LoRA init, data order and dropout.")
     save_steps: int | None = Field(
@@ -120,7 +122,10 @@ class TrainConfig(StrictModel):
         False, description="Load the base in 4-bit (bitsandbytes NF4) and train LoRA on top. CUDA only."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 on a CUDA GPU that supports it, fp32 on CPU (bf16 on CPU: see the docs)."
+        "auto",
+        description="auto: bf16 where the hardware computes it natively (a CUDA GPU that supports it, a CPU with "
+        "AVX-512 BF16 or AMX), else fp32. bf16 loads the frozen base in bf16 and autocasts; the LoRA weights "
+        "and optimizer state stay fp32.",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for training (None: torch's default, one per core)."

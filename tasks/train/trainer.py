@@ -16,7 +16,7 @@ from tasks.train import checkpoints as ckpt
 from tasks.train.adapter import adapter_manifest, save_adapter, to_prompt_completion
 from tasks.train.callbacks import callbacks_for
 from tasks.train.config import TrainConfig, TrainResult
-from tasks.train.gpu import load_model, packing_args, pick_device
+from tasks.train.gpu import labelled_positions_only, load_model, packing_args, pick_device
 from tasks.train.interrupt import TrainingInterrupted, interrupted_by, requested, stop_on_signals
 
 OnLog = Callable[[dict, int], None]
@@ -268,7 +268,8 @@ def _fit(base, train_ds, val_ds, cfg, device, precision, folder: Path, init, on_
     if resume:
         print(f"train: resumed from step {resume[1]} ({resume[0]})", flush=True)
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
+    with labelled_positions_only(device):
+        output = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
     runtime = time.perf_counter() - t0
     steps = int(output.global_step)
     done_here = steps - (resume[1] if resume else 0)
