@@ -64,12 +64,13 @@ bench: models
 	$(BIN)/python bench/dedup.py quality
 	$(BIN)/python bench/dedup.py scale
 	$(BIN)/python bench/validate.py --data-docs
-	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/eval.py --task generation --rows 64 --batch-size 64
+	$(BIN)/python bench/eval.py --task classification --rows 128 --batch-size 32
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/train.py --config configs/demo.yaml
-	$(BIN)/python bench/train.py --config configs/demo.yaml --compare-trl
-	$(BIN)/python bench/train.py --config configs/banking77.yaml --compare-trl
+	$(BIN)/python bench/train.py --config configs/demo.yaml --compare-trl --steps 12
+	$(BIN)/python bench/train.py --config configs/banking77.yaml --compare-trl --steps 12
 
 # Not part of `make bench`: three prepares of 1,000,000 records each, every record through Presidio twice (the PII
 # stage and the contract's residual-PII check).

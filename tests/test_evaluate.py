@@ -25,6 +25,11 @@ def test_label_trie_allows_only_label_continuations():
     # A label that is a prefix of another may stop or go on.
     trie2 = LabelTrie([[7], [7, 8]], end_id=end)
     assert sorted(trie2.allowed([7])) == [8, end]
+    # Once one path is left, the rest of the label is forced (and decoding skips the forward passes for it).
+    assert trie.forced([]) is None and trie.forced([1]) is None
+    assert trie.forced([1, 2]) == [3] and trie.forced([1, 4]) == [] and trie.forced([5]) == []
+    assert trie2.forced([7]) is None and trie2.forced([7, 8]) == []
+    assert trie.forced([6]) is None  # off the trie: not forced
 
 
 def test_label_tokens_match_the_training_answer_tokens(base_tokenizer_dir):

@@ -13,13 +13,17 @@ answers:
 * **No logits that nobody reads.** The prefill keeps the last position's logits only (``logits_to_keep=1``).
 
 Label-constrained decoding is the same loop with each row's logits masked to the tokens its label trie allows
-(what ``generate``'s ``prefix_allowed_tokens_fn`` does), so both passes share the code and its savings.
+(what ``generate``'s ``prefix_allowed_tokens_fn`` does), so both passes share the code and its savings, plus one
+of its own: **a row whose label is already decided leaves the batch.** Once a row's tokens so far leave only one
+path through the trie to the end token, greedy decoding can only walk that path, so the row takes the rest of
+the label without the forward passes that would have confirmed it.
 """
 
 import copy
 from collections.abc import Callable
 
 Allowed = Callable[[list[int]], list[int]]
+Forced = Callable[[list[int]], list[int] | None]
 
 
 def common_prefix_length(seqs: list[list[int]]) -> int:
@@ -100,11 +104,24 @@ def _only_allowed(logits, allowed: list[list[int]]):
     return logits + bias
 
 
-def greedy(model, cache, last, mask, pos, max_new: int, end_id: int, allowed: Allowed | None = None) -> list[list[int]]:
+def greedy(
+    model,
+    cache,
+    last,
+    mask,
+    pos,
+    max_new: int,
+    end_id: int,
+    allowed: Allowed | None = None,
+    forced: Forced | None = None,
+) -> list[list[int]]:
     """Greedy tokens per row (end token excluded), each row stopping at its end token or after ``max_new``.
 
     ``cache`` (consumed) holds every prompt column but the last, whose tokens are ``last``; ``allowed(tokens so
-    far)`` restricts a row's next token (label-constrained decoding).
+    far)`` restricts a row's next token (label-constrained decoding). ``forced(tokens so far)`` returns the rest
+    of the answer when the constraint leaves only one way to finish it (the rest of a label once its prefix is
+    unique), or None: such a row takes those tokens and leaves the batch without another forward pass, since
+    greedy decoding under the constraint could only have picked them.
     """
     import torch
 
@@ -121,9 +138,13 @@ def greedy(model, cache, last, mask, pos, max_new: int, end_id: int, allowed: Al
                 logits = _only_allowed(logits, [allowed(out[r]) for r in active])
             nxt = logits.argmax(-1)
             going = nxt != end_id
-            for r, t, g in zip(active, nxt.tolist(), going.tolist(), strict=True):
+            for k, (r, t, g) in enumerate(zip(active, nxt.tolist(), going.tolist(), strict=True)):
                 if g:
                     out[r].append(t)
+                    rest = forced(out[r]) if forced is not None else None
+                    if rest is not None:
+                        out[r].extend(rest[: max_new - len(out[r])])
+                        going[k] = False
             keep = going.nonzero().squeeze(1)
             if step == max_new - 1 or len(keep) == 0:
                 break

@@ -43,6 +43,23 @@ class LabelTrie:
         return list(node.keys()) or [self.end_id]
 
 
+    def forced(self, prefix: list[int]) -> list[int] | None:
+        """The rest of the answer when ``prefix`` leaves one path to the end token (end excluded), else None."""
+        node = self.root
+        for tok in prefix:
+            if tok not in node:
+                return None
+            node = node[tok]
+        rest: list[int] = []
+        while len(node) == 1:
+            (tok,) = node
+            if tok == self.end_id:
+                return rest
+            rest.append(tok)
+            node = node[tok]
+        return None
+
+
 def label_token_ids(tokenizer, labels: list[str]) -> list[list[int]]:
     """How each label is tokenized as an answer: the same tokens training puts after ``assistant\\n``."""
     return [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
@@ -175,10 +192,11 @@ def score_all(
         cache, last, mask, pos = decoding.prefill_batch(model, [prompts[i][plen:] for i in idx], shared, plen, pad_id)
         passes = [(free, max_new_tokens, None)] if generate else []
         if trie is not None:
-            passes.append((constrained, trie_max(trie), trie.allowed))
-        for k, (into, budget, allowed) in enumerate(passes):
+            passes.append((constrained, trie_max(trie), trie))
+        for k, (into, budget, constraint) in enumerate(passes):
             own = cache if k == len(passes) - 1 and not loss else copy.deepcopy(cache)  # greedy consumes it
-            rows = decoding.greedy(model, own, last, mask, pos, budget, end_id, allowed)
+            allowed, forced = (constraint.allowed, constraint.forced) if constraint is not None else (None, None)
+            rows = decoding.greedy(model, own, last, mask, pos, budget, end_id, allowed, forced)
             cost.add_tokens("generated", sum(len(r) for r in rows))
             for i, text in zip(idx, _texts(tokenizer, rows), strict=True):
                 into[i] = text

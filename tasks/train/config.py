@@ -78,9 +78,7 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming the LR up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
     optim: Literal["adamw_torch", "adamw_torch_fused"] = Field(
-        "adamw_torch_fused",
-        description="Optimizer (transformers' names). Both are AdamW; fused updates every LoRA tensor in one kernel "
-        "per step instead of a Python loop over them (CPU and CUDA).",
+        "adamw_torch", description="Optimizer (transformers' names). Both are AdamW; fused is one kernel per step."
     )
     seed: int = Field(42, description="Seed for LoRA init, data order and dropout.")
     save_steps: int | None = Field(

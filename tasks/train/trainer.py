@@ -41,7 +41,10 @@ def training_datasets(train: DatasetRef, val: DatasetRef, cfg: TrainConfig, base
 
         tokenizer = AutoTokenizer.from_pretrained(base_path)
     train_ds = Dataset.from_list(to_prompt_completion(train_df, tokenizer, template))
-    val_ds = Dataset.from_list(to_prompt_completion(val_df, tokenizer, template)) if len(val_df) else None
+    # Val rows shortest first: the val passes are not length-grouped, so an unsorted batch pads every row to its
+    # longest one. The val loss is a mean over the same rows either way (batches grouped differently).
+    val_rows = sorted(to_prompt_completion(val_df, tokenizer, template), key=lambda r: len(str(r)))
+    val_ds = Dataset.from_list(val_rows) if val_rows else None
     return train_ds, val_ds
 
 
