@@ -9,7 +9,8 @@ data — ingest → scrub_pii → test-set plan → dedup → validate → split
 no registry. (The stage modules import ``prefect`` for their decorators, so that import is paid on both sides.)
 
 Both sides are whole processes timed the same way, by this script's wall clock around ``subprocess.run``, each
-in a fresh private ``LORAFLOW_HOME`` (so no cache hits on either side; the base model comes from this checkout's
+in a fresh private ``LORAFLOW_HOME`` holding the same record-id key (so no cache hits on either side, and the same
+ids, test split and decontamination on both; the base model comes from this checkout's
 prepared cache, which ``tasks.home.model_cache`` falls back to), with the same config and the same ``--set``
 overrides, in the order direct, flow, direct, flow (``--pairs``), so that a change in machine load hits both sides
 alike. Nothing is subtracted. The overhead of a pair is ``flow / direct - 1``; the issue's goal is the share of
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -143,8 +145,13 @@ def _work(stdout: str) -> dict[str, str]:
     return out
 
 
-def _side(name: str, config: str, overrides: list[str], tmp: Path, i: int) -> dict:
+def _side(name: str, config: str, overrides: list[str], tmp: Path, i: int, key: bytes) -> dict:
     home = tmp / f"{name}-{i}"
+    # The same record-id key in every home: ids, and so the hash-stable test split and what dedup removes as test
+    # leaks, follow the key (tasks/identity.py); a fresh home would otherwise draw its own and test other rows.
+    (home / "secrets").mkdir(parents=True, mode=0o700)
+    (home / "secrets" / "record-id.key").write_bytes(key)
+    (home / "secrets" / "record-id.key").chmod(0o600)
     sets = [a for kv in overrides for a in ("--set", kv)]
     timings = tmp / f"{name}-{i}.json"
     if name == "flow":
@@ -223,7 +230,10 @@ def main() -> None:
     sets = " ".join(f"--set {kv}" for kv in overrides)
     print(f"config {args.config} {sets}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="loraflow-overhead-") as tmp:
-        rows = [_side(s, args.config, overrides, Path(tmp), i) for i in range(args.pairs) for s in ("direct", "flow")]
+        key = secrets.token_hex(32).encode()
+        rows = [
+            _side(s, args.config, overrides, Path(tmp), i, key) for i in range(args.pairs) for s in ("direct", "flow")
+        ]
     print(f"\nboth sides: {args.config} {sets}" + (" (REDUCED, see bench/overhead.py)" if args.reduced else ""))
     print("| pair | direct (stage functions) s | flow (`loraflow run`) s | overhead | load avg 1-min during pair |")
     print("|---|---:|---:|---:|---|")
