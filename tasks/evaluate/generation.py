@@ -42,7 +42,6 @@ class LabelTrie:
                 return [self.end_id]
         return list(node.keys()) or [self.end_id]
 
-
     def forced(self, prefix: list[int]) -> list[int] | None:
         """The rest of the answer when ``prefix`` leaves one path to the end token (end excluded), else None."""
         node = self.root
