@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -98,8 +99,15 @@ def _tree_rss(proc) -> int:
         return 0
 
 
-def run_prepare(cfg: Path, home: Path, runner: str) -> dict:
-    """One `loraflow prepare` in a fresh process and home; its counts, wall time, peak RSS and stage times."""
+def run_prepare(cfg: Path, home: Path, runner: str, key: bytes) -> dict:
+    """One `loraflow prepare` in a fresh process and home; its counts, wall time, peak RSS and stage times.
+
+    Every home gets the same record-id key: ids, and so the hash-stable test split and what dedup removes as
+    test leaks, follow the key (tasks/identity.py); homes with their own keys would split different rows.
+    """
+    (home / "secrets").mkdir(parents=True, mode=0o700, exist_ok=True)
+    (home / "secrets" / "record-id.key").write_bytes(key)
+    (home / "secrets" / "record-id.key").chmod(0o600)
     args = [sys.executable, "-m", "loraflow", "prepare", "--config", str(cfg)]
     if runner.startswith("dask"):
         workers = runner.partition(":")[2] or "0"
@@ -183,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cfg = write_inputs(work, args.rows)
     print(f"{args.rows:,} records in {work} ({time.perf_counter() - t0:.0f} s to generate); load {os.getloadavg()}")
-    results = []
+    results, key = [], secrets.token_hex(32).encode()
     for runner in args.runners.split(","):
         home = work / f"home-{runner.replace(':', '-')}"
-        results.append(run_prepare(cfg, home, runner))
+        results.append(run_prepare(cfg, home, runner, key))
         r = results[-1]
         print(f"  {runner}: {r['wall']:.1f} s, peak RSS {r['peak_rss'] / 2**30:.2f} GiB; load {os.getloadavg()}")
     print()
