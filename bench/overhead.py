@@ -149,9 +149,9 @@ def _side(name: str, config: str, overrides: list[str], tmp: Path, i: int, key: 
     home = tmp / f"{name}-{i}"
     # The same record-id key in every home: ids, and so the hash-stable test split and what dedup removes as test
     # leaks, follow the key (tasks/identity.py); a fresh home would otherwise draw its own and test other rows.
-    (home / "secrets").mkdir(parents=True, mode=0o700)
-    (home / "secrets" / "record-id.key").write_bytes(key)
-    (home / "secrets" / "record-id.key").chmod(0o600)
+    from tasks.identity import share_key
+
+    share_key(home, key)
     sets = [a for kv in overrides for a in ("--set", kv)]
     timings = tmp / f"{name}-{i}.json"
     if name == "flow":

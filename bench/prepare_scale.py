@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SYSTEM = "You are a support-ticket router for Fernbank. Reply with the ticket's category only."
 STAGES = [("ingest", "ingest"), ("pii", "scrub_pii"), ("dedup", "dedup"), ("validate", "validate"), ("split", "split")]
 _COUNTS = re.compile(r"^\s+(\w+)\s+rows_in=(\d+)\s+kept=(\d+)\s+quarantined=(\d+)")
@@ -105,9 +106,9 @@ def run_prepare(cfg: Path, home: Path, runner: str, key: bytes) -> dict:
     Every home gets the same record-id key: ids, and so the hash-stable test split and what dedup removes as
     test leaks, follow the key (tasks/identity.py); homes with their own keys would split different rows.
     """
-    (home / "secrets").mkdir(parents=True, mode=0o700, exist_ok=True)
-    (home / "secrets" / "record-id.key").write_bytes(key)
-    (home / "secrets" / "record-id.key").chmod(0o600)
+    from tasks.identity import share_key
+
+    share_key(home, key)
     args = [sys.executable, "-m", "loraflow", "prepare", "--config", str(cfg)]
     if runner.startswith("dask"):
         workers = runner.partition(":")[2] or "0"

@@ -62,6 +62,15 @@ def _secret_file(home: Path) -> bytes:
     return key
 
 
+def share_key(home: Path, key: bytes) -> None:
+    """Give a fresh loraflow home this record-id key (before its first run), so that runs in several homes
+    compute the same ids and hence the same hash-stable splits (benchmarks comparing homes side by side)."""
+    path = home / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(key)
+    path.chmod(0o600)
+
+
 def _secret_block(name: str) -> bytes:
     from prefect.blocks.system import Secret
 
